@@ -1,0 +1,87 @@
+"""The engine, sessions and SQLite's pragmas; the same code runs on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from pa.settings import settings
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, timezone-aware."""
+    return datetime.now(UTC)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite files get WAL, a busy timeout and foreign keys."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, issue BEGIN (the driver's implicit
+        # transactions would not cover our SELECT-then-UPDATE blocks).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A writing transaction takes the write lock at once (IMMEDIATE), so that
+        # two writers queue in the busy handler instead of one failing with
+        # "database is locked" when it upgrades a read transaction to a write.
+        write = conn.get_execution_options().get("pa_write", True)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+engine: Engine = make_engine(settings.database_url)
+SessionLocal = sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(write: bool = True) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error."""
+    with SessionLocal() as session:
+        session.connection(execution_options={"pa_write": write})
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+@contextmanager
+def begin() -> Iterator[Connection]:
+    """A Core connection in a writing transaction, committed when the block exits cleanly."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(pa_write=True)
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read() -> Iterator[Connection]:
+    """A Core connection for reads only (no write lock on SQLite)."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(pa_write=False)
+        with conn.begin():
+            yield conn

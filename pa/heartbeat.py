@@ -1,0 +1,109 @@
+"""Who this consumer is, and proof that it is alive: a Redis key with a TTL, and
+a stamp on the rows of the jobs it runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+import redis
+from sqlalchemy import update
+
+from pa import db
+from pa.events import key
+from pa.models import Job, JobStatus
+from pa.settings import settings
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+#: ids of the jobs this process is running now
+running: set[str] = set()
+
+
+def _worker_key(worker_id: str) -> str:
+    return key("worker", worker_id)
+
+
+def _redis() -> redis.Redis:
+    client = _state.get("redis")
+    if client is None:
+        assert settings.redis_url
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        _state["redis"] = client
+    return client  # type: ignore[return-value]
+
+
+def worker_id() -> str:
+    """This process's consumer id; starts its heartbeat on first use (and after a fork)."""
+    with _lock:
+        if _state.get("pid") != os.getpid():
+            _state.clear()
+            running.clear()
+            _state["pid"] = os.getpid()
+            _state["id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            stop = threading.Event()
+            _state["stop"] = stop
+            beat()
+            thread = threading.Thread(target=_beat_forever, args=(stop,), daemon=True,
+                                      name="pa-heartbeat")
+            thread.start()
+        return str(_state["id"])
+
+
+def beat() -> None:
+    """Refresh this consumer's key and stamp the rows of its running jobs."""
+    wid = str(_state["id"])
+    if settings.redis_url:
+        try:
+            _redis().set(_worker_key(wid), "1", ex=settings.worker_ttl)
+        except redis.RedisError as exc:
+            log.warning("heartbeat not written to Redis: %s", exc)
+    ids = list(running)
+    if ids:
+        try:
+            with db.begin() as conn:
+                conn.execute(
+                    update(Job.__table__)
+                    .where(Job.id.in_(ids), Job.worker_id == wid,
+                           Job.status == JobStatus.PROCESSING.value)
+                    .values(heartbeat_at=db.utcnow())
+                )
+        except Exception as exc:
+            log.warning("heartbeat not stamped on jobs: %s", exc)
+
+
+def _beat_forever(stop: threading.Event) -> None:
+    while not stop.wait(max(1.0, settings.worker_ttl / 3)):
+        beat()
+
+
+def is_alive(other_id: str | None) -> bool:
+    """Whether the consumer `other_id` still beats (embedded: only this process does)."""
+    if other_id is None:
+        return False
+    if _state.get("id") == other_id and _state.get("pid") == os.getpid():
+        return True
+    if not settings.redis_url:
+        return False
+    return bool(_redis().exists(_worker_key(other_id)))
+
+
+def stop() -> None:
+    """Stop beating and remove the key, so that the reaper need not wait for the TTL."""
+    with _lock:
+        event = _state.get("stop")
+        if isinstance(event, threading.Event):
+            event.set()
+        if settings.redis_url and "id" in _state:
+            try:
+                _redis().delete(_worker_key(str(_state["id"])))
+            except redis.RedisError:
+                pass
+        # The next worker_id() in this process starts a new identity and heartbeat.
+        _state.clear()
+        running.clear()

@@ -1,0 +1,291 @@
+"""Submit, read, cancel and retry jobs: the only module that enqueues.
+
+Every change of a job row goes through `change()`: it bumps `version`, commits,
+then publishes the whole job on the event bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, or_, select, update
+
+from pa import db, events
+from pa.errors import Conflict, Invalid, NotFound
+from pa.models import FINAL_STATUSES, Job, JobStatus
+from pa.queue import JOB_SPECS, JobType, huey
+
+log = logging.getLogger(__name__)
+
+jobs_table = Job.__table__
+_ALL = tuple(jobs_table.c)
+_FINAL = tuple(s.value for s in FINAL_STATUSES)
+
+
+@huey.task(name="pa.run_job")
+def run_job(job_id: str) -> None:
+    """The one Huey task: run job `job_id` in the consumer."""
+    # Imported here so that the web process never loads task code.
+    from pa.runner import execute
+
+    execute(job_id)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def job_to_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The Job object of the API and of events (camelCase)."""
+    current, total = row["progress_current"], row["progress_total"]
+    progress = None
+    if current is not None or total is not None or row["progress_message"]:
+        percent = None
+        if total:
+            percent = round(min(100.0, 100.0 * (current or 0) / total), 1)
+        progress = {
+            "current": current,
+            "total": total,
+            "percent": percent,
+            "message": row["progress_message"],
+        }
+    has_file = row["result_file"] is not None and row["status"] == JobStatus.COMPLETED.value
+    return {
+        "id": row["id"],
+        "type": row["type"],
+        "status": row["status"],
+        "priority": row["priority"],
+        "progress": progress,
+        "attempts": row["attempts"],
+        "maxRetries": row["max_retries"],
+        "result": row["result"],
+        "error": row["error"],
+        "cancelRequested": row["cancel_requested"],
+        "createdAt": _iso(row["created_at"]),
+        "startedAt": _iso(row["started_at"]),
+        "completedAt": _iso(row["completed_at"]),
+        "updatedAt": _iso(row["updated_at"]),
+        "version": row["version"],
+        "userId": row["user_id"],
+        "downloadUrl": f"/api/jobs/{row['id']}/download" if has_file else None,
+    }
+
+
+def create(
+    conn: Connection,
+    job_type: JobType,
+    payload: dict[str, Any],
+    user_id: int | None,
+    *,
+    max_retries: int | None = None,
+    time_limit: int | None = None,
+    dedupe_key: str | None = None,
+) -> dict[str, Any]:
+    """Insert a pending job in the caller's transaction; `dispatch()` it after the commit."""
+    spec = JOB_SPECS[JobType(job_type)]
+    now = db.utcnow()
+    row = conn.execute(
+        insert(jobs_table)
+        .values(
+            id=uuid.uuid4().hex,
+            type=JobType(job_type).value,
+            status=JobStatus.PENDING.value,
+            priority=int(spec.priority),
+            user_id=user_id,
+            payload=payload,
+            attempts=0,
+            max_retries=spec.retries if max_retries is None else max_retries,
+            retry_base=0,
+            time_limit=spec.time_limit if time_limit is None else time_limit,
+            cancel_requested=False,
+            dedupe_key=dedupe_key,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(*_ALL)
+    ).one()
+    return job_to_dict(row._mapping)
+
+
+def enqueue(job_id: str, priority: int, delay: float | None = None) -> bool:
+    """Hand the job to Huey (task id = job id); False if the queue did not answer."""
+    try:
+        run_job(job_id, id=job_id, priority=priority, delay=delay or None)
+    except Exception as exc:
+        # The row is committed and pending: the reaper enqueues it again later.
+        log.warning("job %s not enqueued (%s); the reaper will retry", job_id, exc)
+        return False
+    return True
+
+
+def dispatch(job: dict[str, Any]) -> None:
+    """After the commit that created `job`: enqueue it, then announce it."""
+    enqueue(job["id"], job["priority"])
+    events.publish(events.job_event(job))
+
+
+def submit(
+    job_type: JobType, payload: dict[str, Any], user_id: int | None, **options: Any
+) -> dict[str, Any]:
+    """Record a pending job, commit, enqueue it; returns the Job object."""
+    with db.begin() as conn:
+        job = create(conn, job_type, payload, user_id, **options)
+    dispatch(job)
+    return job
+
+
+def change(
+    job_id: str,
+    values: dict[str, Any],
+    *,
+    expect: dict[str, Any] | None = None,
+    expect_status: tuple[str, ...] | None = None,
+    conn: Connection | None = None,
+) -> dict[str, Any] | None:
+    """Change a job row if it matches `expect`; bump version, commit, publish.
+
+    Returns the new Job object, or None when the row did not match (someone
+    else changed it first). With `conn`, the caller commits and must publish.
+    """
+    conds = [jobs_table.c.id == job_id]
+    for name, value in (expect or {}).items():
+        conds.append(jobs_table.c[name] == value)
+    if expect_status:
+        conds.append(jobs_table.c.status.in_(expect_status))
+    stmt = (
+        update(jobs_table)
+        .where(and_(*conds))
+        .values(version=jobs_table.c.version + 1, updated_at=db.utcnow(), **values)
+        .returning(*_ALL)
+    )
+    if conn is not None:
+        row = conn.execute(stmt).first()
+        return job_to_dict(row._mapping) if row else None
+    with db.begin() as own:
+        row = own.execute(stmt).first()
+    if row is None:
+        return None
+    job = job_to_dict(row._mapping)
+    events.publish(events.job_event(job))
+    return job
+
+
+def load_row(job_id: str) -> Mapping[str, Any] | None:
+    """The raw row of a job (worker side: payload, checkpoint, worker id...)."""
+    with db.read() as conn:
+        row = conn.execute(select(*_ALL).where(jobs_table.c.id == job_id)).first()
+    return row._mapping if row else None
+
+
+def _visible_row(job_id: str, user_id: int, is_admin: bool) -> Mapping[str, Any]:
+    row = load_row(job_id)
+    if row is None or not (is_admin or row["user_id"] == user_id):
+        # Not 403: whether someone else's job exists is not the caller's business.
+        raise NotFound(f"No job {job_id}.")
+    return row
+
+
+def get(job_id: str, user_id: int, is_admin: bool) -> dict[str, Any]:
+    """The job, if the caller may see it (its owner, or an admin); else NotFound."""
+    return job_to_dict(_visible_row(job_id, user_id, is_admin))
+
+
+def result_file(job_id: str, user_id: int, is_admin: bool) -> tuple[dict[str, Any], str]:
+    """The job and its file's path (relative to PA_DATA_DIR); NotFound if there is none."""
+    row = _visible_row(job_id, user_id, is_admin)
+    job = job_to_dict(row)
+    if job["downloadUrl"] is None:
+        raise NotFound(f"Job {job_id} has no file to download.")
+    return job, str(row["result_file"])
+
+
+def list_jobs(
+    user_id: int,
+    is_admin: bool,
+    *,
+    status: str | None = None,
+    job_type: str | None = None,
+    limit: int = 50,
+    since: datetime | None = None,
+    unfinished_or_since: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The caller's jobs (an admin's: all), newest first."""
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise Invalid(f"Unknown status '{status}'.", field="status")
+    if job_type is not None and job_type not in {t.value for t in JobType}:
+        raise Invalid(f"Unknown job type '{job_type}'.", field="type")
+    if not 1 <= limit <= 500:
+        raise Invalid("limit must be between 1 and 500.", field="limit")
+    stmt = select(*_ALL).order_by(jobs_table.c.created_at.desc(), jobs_table.c.id.desc())
+    if not is_admin:
+        stmt = stmt.where(jobs_table.c.user_id == user_id)
+    if status:
+        stmt = stmt.where(jobs_table.c.status == status)
+    if job_type:
+        stmt = stmt.where(jobs_table.c.type == job_type)
+    if since is not None:
+        stmt = stmt.where(jobs_table.c.updated_at >= since)
+    if unfinished_or_since is not None:
+        stmt = stmt.where(
+            or_(
+                jobs_table.c.status.not_in(_FINAL),
+                jobs_table.c.completed_at >= unfinished_or_since,
+            )
+        )
+    with db.read() as conn:
+        rows = conn.execute(stmt.limit(limit)).all()
+    return [job_to_dict(r._mapping) for r in rows]
+
+
+def snapshot(user_id: int, is_admin: bool) -> list[dict[str, Any]]:
+    """What a WebSocket gets first: unfinished jobs and those finished in the last hour."""
+    since = db.utcnow() - timedelta(hours=1)
+    return list_jobs(user_id, is_admin, limit=500, unfinished_or_since=since)
+
+
+def cancel(job_id: str, user_id: int, is_admin: bool) -> dict[str, Any]:
+    """Cancel a pending job at once; ask a processing one to stop; 409 if final."""
+    _visible_row(job_id, user_id, is_admin)
+    now = db.utcnow()
+    job = change(
+        job_id,
+        {"status": JobStatus.CANCELLED.value, "completed_at": now, "run_after": None},
+        expect={"status": JobStatus.PENDING.value},
+    )
+    if job is None:
+        job = change(
+            job_id, {"cancel_requested": True}, expect={"status": JobStatus.PROCESSING.value}
+        )
+    if job is None:
+        current = load_row(job_id)
+        status = current["status"] if current else "gone"
+        raise Conflict(f"Job {job_id} is {status} and cannot be cancelled.")
+    return job
+
+
+def retry(job_id: str, user_id: int, is_admin: bool) -> dict[str, Any]:
+    """Send a failed or cancelled job back to pending and enqueue it; 409 otherwise."""
+    row = _visible_row(job_id, user_id, is_admin)
+    job = change(
+        job_id,
+        {
+            "status": JobStatus.PENDING.value,
+            "cancel_requested": False,
+            "completed_at": None,
+            "run_after": None,
+            "worker_id": None,
+            "retry_base": row["attempts"],
+        },
+        expect_status=(JobStatus.FAILED.value, JobStatus.CANCELLED.value),
+    )
+    if job is None:
+        current = load_row(job_id)
+        status = current["status"] if current else "gone"
+        raise Conflict(f"Job {job_id} is {status}; only failed or cancelled jobs can be retried.")
+    enqueue(job_id, job["priority"])
+    return job

@@ -1,0 +1,90 @@
+"""Every PA_* setting, read once from the environment or a `.env` file."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.config import Config
+from starlette.datastructures import CommaSeparatedStrings
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str | None
+    data_dir: Path
+    secret_key: str
+    smtp_url: str | None
+    mail_from: str
+    host: str
+    port: int
+    backup_cron: str
+    backup_keep: int
+    job_retention_days: int
+    max_upload_mb: int
+    allowed_origins: tuple[str, ...]
+    # Not in DESIGN.md's table: operational knobs of the recovery path (see OPERATIONS.md).
+    worker_ttl: int
+    reaper_interval: int
+
+    @property
+    def embedded(self) -> bool:
+        """No Redis: SQLite queue, consumer threads in the web process, in-process events."""
+        return not self.redis_url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _secret_key(config: Config, data_dir: Path) -> str:
+    key = config("PA_SECRET_KEY", default=None)
+    if key:
+        return str(key)
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: two processes starting at once must agree on one key.
+    try:
+        with open(path, "x") as f:
+            f.write(key)
+        path.chmod(0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+    return key
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    """Read the PA_* variables (the environment wins over `.env`)."""
+    env_path = Path(env_file) if env_file and Path(env_file).is_file() else None
+    config = Config(env_path)
+    data_dir = Path(config("PA_DATA_DIR", default="var"))
+    default_db = f"sqlite:///{data_dir / 'pa.db'}"
+    return Settings(
+        database_url=config("PA_DATABASE_URL", default=default_db),
+        redis_url=config("PA_REDIS_URL", default=None) or None,
+        data_dir=data_dir,
+        secret_key=_secret_key(config, data_dir),
+        smtp_url=config("PA_SMTP_URL", default=None) or None,
+        mail_from=config("PA_MAIL_FROM", default="pa@localhost"),
+        host=config("PA_HOST", default="127.0.0.1"),
+        port=config("PA_PORT", cast=int, default=8000),
+        backup_cron=config("PA_BACKUP_CRON", default="0 2 * * *"),
+        backup_keep=config("PA_BACKUP_KEEP", cast=int, default=7),
+        job_retention_days=config("PA_JOB_RETENTION_DAYS", cast=int, default=30),
+        max_upload_mb=config("PA_MAX_UPLOAD_MB", cast=int, default=50),
+        allowed_origins=tuple(
+            o.rstrip("/") for o in config(
+                "PA_ALLOWED_ORIGINS", cast=CommaSeparatedStrings, default=""
+            )
+        ),
+        worker_ttl=config("PA_WORKER_TTL", cast=int, default=30),
+        reaper_interval=config("PA_REAPER_INTERVAL", cast=int, default=60),
+    )
+
+
+settings = load_settings()

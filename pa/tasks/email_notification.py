@@ -1,0 +1,111 @@
+"""`email_notification`: one message per recipient, resumable after a crash."""
+
+from __future__ import annotations
+
+import smtplib
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import aliased
+
+from pa import db, mail
+from pa.errors import PermanentJobError
+from pa.models import Review, Role, User
+from pa.queue import JobType
+from pa.runner import JobContext
+from pa.settings import settings
+from pa.tasks import handler
+
+#: what each kind of notification needs: its template and how to find recipients
+KINDS = {"review_submitted"}
+
+
+def _review_context(review_id: int) -> dict[str, Any]:
+    employee, manager = aliased(User), aliased(User)
+    with db.session_scope(write=False) as session:
+        row = session.execute(
+            select(Review, employee, manager)
+            .join(employee, Review.employee_id == employee.id)
+            .outerjoin(manager, Review.manager_id == manager.id)
+            .where(Review.id == review_id)
+        ).first()
+        if row is None:
+            raise PermanentJobError(f"Review {review_id} no longer exists.")
+        review, emp, mgr = row
+        return {
+            "review_id": review.id,
+            "fiscal_year": review.fiscal_year,
+            "department": review.department or "",
+            "employee_name": emp.name,
+            "employee_email": emp.email,
+            "manager_name": mgr.name if mgr else "",
+            "overall_rating": review.overall_rating,
+            "ratings": dict(review.ratings or {}),
+            "goals": review.goals or "",
+            "manager_comments": review.manager_comments or "",
+            "url": f"http://{settings.host}:{settings.port}/reviews?id={review.id}",
+        }
+
+
+def _hr_recipients() -> list[tuple[str, str]]:
+    with db.session_scope(write=False) as session:
+        rows = session.execute(
+            select(User.email, User.name).where(User.role == Role.HR_ADMIN.value)
+            .order_by(User.id)
+        ).all()
+    return [(r.email, r.name) for r in rows]
+
+
+def _is_permanent(exc: smtplib.SMTPException) -> str | None:
+    """The reason to give up, if retrying cannot help (a 5xx answer)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = exc.recipients
+        if refused and all(code >= 500 for code, _ in refused.values()):
+            who = ", ".join(
+                f"{addr} ({code} {msg.decode(errors='replace')})"
+                for addr, (code, msg) in refused.items()
+            )
+            return f"Recipient refused by the mail server: {who}"
+        return None
+    code = getattr(exc, "smtp_code", None)
+    if isinstance(code, int) and code >= 500:
+        text = getattr(exc, "smtp_error", b"")
+        if isinstance(text, bytes):
+            text = text.decode(errors="replace")
+        return f"Mail server refused the message: {code} {text}"
+    return None
+
+
+@handler(JobType.EMAIL_NOTIFICATION)
+def send_notification(ctx: JobContext) -> dict[str, int]:
+    kind = ctx.payload.get("kind")
+    if kind not in KINDS:
+        raise PermanentJobError(f"Unknown notification kind {kind!r}.")
+    context = _review_context(int(ctx.payload["reviewId"]))
+    recipients = _hr_recipients()
+    # Recipients mailed by an earlier, interrupted run are not mailed again.
+    sent: list[str] = list((ctx.checkpoint or {}).get("sent", []))
+    todo = [(email, name) for email, name in recipients if email not in sent]
+    total = len(sent) + len(todo)
+    ctx.progress(len(sent), total, "Sending", force=True)
+    if todo:
+        with mail.connect() as sender:
+            for email, name in todo:
+                ctx.check()
+                msg = mail.render(
+                    "review_submitted", email,
+                    f"Review submitted to HR: {context['employee_name']} "
+                    f"(FY{context['fiscal_year']})",
+                    {**context, "recipient_name": name},
+                )
+                try:
+                    sender.send(msg)
+                except smtplib.SMTPException as exc:
+                    reason = _is_permanent(exc)
+                    if reason:
+                        raise PermanentJobError(reason) from exc
+                    raise
+                sent.append(email)
+                ctx.save_checkpoint({"sent": sent})
+                ctx.progress(len(sent), total, f"Sent to {email}")
+    return {"sent": len(sent)}

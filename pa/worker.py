@@ -1,0 +1,175 @@
+"""The consumer side: every task, the reaper, the interrupted-task handler, and a
+consumer that can live inside another process. `run_consumer.py` points at `huey`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+import redis
+from huey.consumer import Consumer
+from huey.signals import SIGNAL_INTERRUPTED
+from sqlalchemy import func, select
+
+from pa import db, heartbeat, jobs
+from pa.events import key
+from pa.models import Job, JobStatus
+from pa.queue import huey
+from pa.settings import settings
+
+import pa.tasks  # noqa: F401,E402  (registers every handler)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["huey", "reap", "Maintenance", "EmbeddedConsumer", "start_embedded"]
+
+REAPER_LOCK = key("lock", "reaper")
+
+
+def _requeue(job_id: str, expect: dict[str, Any], error: str | None) -> bool:
+    values: dict[str, Any] = {"status": JobStatus.PENDING.value, "worker_id": None,
+                              "run_after": None}
+    if error is not None:
+        values["error"] = error
+    job = jobs.change(job_id, values, expect=expect)
+    if job is None:
+        return False
+    jobs.enqueue(job_id, job["priority"])
+    return True
+
+
+@huey.signal(SIGNAL_INTERRUPTED)
+def requeue_interrupted(signal: str, task: Any, *args: Any) -> None:
+    """A task cut short by SIGTERM goes back to the queue (Huey itself drops it)."""
+    job_id = task.args[0] if task.args else task.id
+    row = jobs.load_row(job_id)
+    if row is None or row["status"] != JobStatus.PROCESSING.value:
+        return
+    if _requeue(job_id, {"status": JobStatus.PROCESSING.value,
+                         "worker_id": row["worker_id"], "attempts": row["attempts"]}, None):
+        log.warning("job %s interrupted; back in the queue", job_id)
+
+
+def _queued_ids() -> set[str]:
+    tasks = list(huey.pending()) + list(huey.scheduled())
+    return {t.id for t in tasks}
+
+
+def _acquire_reaper_lock(ttl: int) -> bool:
+    if not settings.redis_url:
+        return True  # embedded mode: one process
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        return bool(client.set(REAPER_LOCK, heartbeat.worker_id(), nx=True, ex=ttl))
+    finally:
+        client.close()
+
+
+def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, int]:
+    """Recover jobs of dead consumers and pending jobs the queue has lost.
+
+    With several consumers, one of them does it per interval (a Redis lock).
+    """
+    interval = settings.reaper_interval
+    grace = interval if pending_grace is None else pending_grace
+    counts = {"requeued": 0, "failed": 0, "reenqueued": 0}
+    if lock and not _acquire_reaper_lock(max(1, interval - 1)):
+        return counts
+    now = db.utcnow()
+    stale_beat = now - timedelta(seconds=3 * settings.worker_ttl)
+    table = Job.__table__
+    with db.read() as conn:
+        processing = conn.execute(
+            select(table.c.id, table.c.worker_id, table.c.heartbeat_at, table.c.attempts,
+                   table.c.retry_base, table.c.max_retries)
+            .where(table.c.status == JobStatus.PROCESSING.value)
+        ).all()
+        stale_pending = conn.execute(
+            select(table.c.id, table.c.priority).where(
+                table.c.status == JobStatus.PENDING.value,
+                func.coalesce(table.c.run_after, table.c.updated_at)
+                < now - timedelta(seconds=grace),
+            )
+        ).all()
+    for r in processing:
+        beat_old = r.heartbeat_at is None or r.heartbeat_at < stale_beat
+        if heartbeat.is_alive(r.worker_id) and not beat_old:
+            continue
+        owner = {"status": JobStatus.PROCESSING.value, "worker_id": r.worker_id,
+                 "attempts": r.attempts}
+        lost = f"Worker lost while running attempt {r.attempts} ({r.worker_id})."
+        if r.attempts - r.retry_base <= r.max_retries:
+            if _requeue(r.id, owner, lost + " Retrying."):
+                counts["requeued"] += 1
+                log.warning("job %s: worker %s lost; requeued", r.id, r.worker_id)
+        else:
+            job = jobs.change(
+                r.id,
+                {"status": JobStatus.FAILED.value, "worker_id": None,
+                 "completed_at": db.utcnow(), "error": lost + " No retries left."},
+                expect=owner,
+            )
+            if job is not None:
+                counts["failed"] += 1
+                log.warning("job %s: worker %s lost; failed", r.id, r.worker_id)
+    if stale_pending:
+        queued = _queued_ids()
+        for r in stale_pending:
+            if r.id not in queued and jobs.enqueue(r.id, r.priority):
+                counts["reenqueued"] += 1
+                log.warning("job %s was pending but not queued; enqueued again", r.id)
+    return counts
+
+
+class Maintenance:
+    """Heartbeat and reaper of one consumer process: at start, then every interval."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = float(interval or settings.reaper_interval)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="pa-reaper")
+
+    def start(self) -> None:
+        heartbeat.worker_id()
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                reap()
+            except Exception:
+                log.exception("reaper failed; trying again in %.0f s", self.interval)
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        heartbeat.stop()
+
+
+class EmbeddedConsumer(Consumer):
+    """A Huey consumer that leaves signals to its host process (uvicorn, pytest)."""
+
+    def _set_signal_handlers(self) -> None:
+        pass
+
+
+def start_embedded(workers: int = 2, **options: Any) -> tuple[EmbeddedConsumer, Maintenance]:
+    """Start consumer threads and maintenance in this process."""
+    options.setdefault("initial_delay", 0.05)
+    options.setdefault("max_delay", 1.0)
+    consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", **options)
+    maintenance = Maintenance()
+    maintenance.start()
+    consumer.start()
+    return consumer, maintenance
+
+
+def stop_embedded(consumer: EmbeddedConsumer, maintenance: Maintenance) -> None:
+    """Drain running tasks, then stop the threads."""
+    consumer.stop(graceful=True)
+    huey.notify_interrupted_tasks()
+    maintenance.stop()

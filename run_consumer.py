@@ -1,0 +1,50 @@
+"""Run the Huey consumer for pa.worker.huey; takes huey_consumer's options (-w, -k, -v...).
+
+Production mode only: PA_REDIS_URL must be set (embedded mode runs its consumer
+inside run_web.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from huey.consumer_options import ConsumerConfig, OptionParserHandler
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OptionParserHandler().get_option_parser()
+    parser.usage = "python run_consumer.py [options]   (huey_consumer's options)"
+    options, args = parser.parse_args(argv)
+    if args:
+        parser.error(f"unexpected arguments {args}: the Huey instance is always pa.worker.huey")
+
+    from pa.settings import settings
+
+    if not settings.redis_url:
+        sys.stderr.write(
+            "run_consumer.py needs PA_REDIS_URL: separate consumers share their queue "
+            "through Redis.\nWithout it pa runs in embedded mode, where run_web.py runs "
+            "the consumer itself.\n"
+        )
+        return 2
+    config = ConsumerConfig(**{k: v for k, v in options.__dict__.items() if v is not None})
+    config.validate()
+    config.setup_logger(logging.getLogger("huey"))
+    logging.getLogger("pa").setLevel(logging.INFO)
+    logging.getLogger("pa").handlers = logging.getLogger("huey").handlers
+
+    from pa.worker import Maintenance, huey
+
+    maintenance = Maintenance()
+    maintenance.start()
+    consumer = huey.create_consumer(**config.values)
+    try:
+        consumer.run()
+    finally:
+        maintenance.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

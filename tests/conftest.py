@@ -1,0 +1,105 @@
+"""Real services for the whole run, started before `pa` is imported (it reads its
+settings once): a redis-server, an SMTP server, a SQLite file or a PostgreSQL
+database (PA_TEST_DB=postgres)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import PostgresDatabase, RedisServer, SmtpServer
+
+_state: dict[str, Any] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = Path(tempfile.mkdtemp(prefix="pa-test-"))
+    redis_server = RedisServer(root / "redis")
+    redis_server.start()
+    smtp = SmtpServer()
+    smtp.start()
+    _state.update(root=root, redis=redis_server, smtp=smtp)
+    if os.environ.get("PA_TEST_DB") == "postgres":
+        pg = PostgresDatabase()
+        pg.create()
+        _state["pg"] = pg
+        db_url = pg.url
+    else:
+        db_url = f"sqlite:///{root / 'pa.db'}"
+    os.environ.update(
+        PA_DATABASE_URL=db_url,
+        PA_REDIS_URL=redis_server.url,
+        PA_DATA_DIR=str(root / "data"),
+        PA_SMTP_URL=smtp.url,
+        PA_SECRET_KEY="test-secret-key",
+        PA_WORKER_TTL="3",
+        PA_REAPER_INTERVAL="2",
+    )
+    from pa import db
+    from pa.models import Base
+
+    Base.metadata.create_all(db.engine)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if "smtp" in _state:
+        _state["smtp"].stop()
+    if "redis" in _state:
+        _state["redis"].stop()
+    if "pg" in _state:
+        from pa import db
+
+        db.engine.dispose()
+        _state["pg"].drop()
+    if "root" in _state:
+        shutil.rmtree(_state["root"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> RedisServer:
+    return _state["redis"]
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> SmtpServer:
+    return _state["smtp"]
+
+
+@pytest.fixture(scope="session")
+def test_root() -> Path:
+    return _state["root"]
+
+
+@pytest.fixture(autouse=True)
+def clean_state(redis_server: RedisServer, smtp_server: SmtpServer) -> Iterator[None]:
+    """Every test starts with empty tables, an empty Redis and a quiet SMTP server."""
+    import redis
+    from sqlalchemy import delete
+
+    from pa import db
+    from pa.models import Base
+
+    with db.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(delete(table))
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    smtp_server.handler.reset()
+    yield
+
+
+@pytest.fixture
+def consumer() -> Iterator[Any]:
+    """Two real Huey consumer threads (and the heartbeat and reaper) in this process."""
+    from pa.worker import start_embedded, stop_embedded
+
+    c, maintenance = start_embedded(workers=2)
+    yield c
+    stop_embedded(c, maintenance)

@@ -1,0 +1,55 @@
+"""Rows for tests, written through the real models."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from pa import db
+from pa.models import Review, ReviewStatus, Role, User
+
+_seq = itertools.count(1)
+
+
+def make_user(role: Role | str = Role.EMPLOYEE, *, email: str | None = None,
+              name: str | None = None, manager_id: int | None = None,
+              department: str | None = "Engineering", password: str | None = None) -> User:
+    from pa.auth_passwords import hash_password
+
+    n = next(_seq)
+    role = Role(role)
+    now = db.utcnow()
+    user = User(
+        email=email or f"{role.value}{n}@example.com",
+        name=name or f"{role.value.title()} {n}",
+        role=role.value,
+        department=department,
+        manager_id=manager_id,
+        password_hash=hash_password(password) if password else None,
+        created_at=now,
+        updated_at=now,
+    )
+    with db.session_scope() as session:
+        session.add(user)
+    return user
+
+
+def make_review(employee: User, *, status: ReviewStatus | str = ReviewStatus.MANAGER_REVIEW,
+                fiscal_year: int = 2026, **fields: Any) -> Review:
+    now = db.utcnow()
+    review = Review(
+        employee_id=employee.id,
+        manager_id=employee.manager_id,
+        department=employee.department,
+        fiscal_year=fiscal_year,
+        status=ReviewStatus(status).value,
+        ratings=fields.pop("ratings", {"Delivery": 4, "Collaboration": 5}),
+        overall_rating=fields.pop("overall_rating", 4.5),
+        goals=fields.pop("goals", "Ship the new billing system."),
+        manager_comments=fields.pop("manager_comments", "Strong year."),
+        updated_at=now,
+        **fields,
+    )
+    with db.session_scope() as session:
+        session.add(review)
+    return review

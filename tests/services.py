@@ -1,0 +1,165 @@
+"""Real services for the tests: redis-server, aiosmtpd, a PostgreSQL database."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02,
+             message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server of our own on a free port, keeping nothing on disk."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, timeout=10, message="redis-server to answer")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def restart_empty(self) -> None:
+        """Stop and start again on the same port: every queue entry is gone."""
+        self.stop()
+        self.start()
+
+
+@dataclass
+class SmtpHandler:
+    """aiosmtpd handler: keeps received messages; scripted refusals for failure tests."""
+
+    messages: list[EmailMessage] = field(default_factory=list)
+    #: answers to give to the next DATA commands instead of accepting (e.g. "451 ...")
+    data_answers: list[str] = field(default_factory=list)
+    #: recipients refused with this answer
+    refuse: dict[str, str] = field(default_factory=dict)
+    #: seconds to sleep before accepting each message (a slow server)
+    delay: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.messages.clear()
+            self.data_answers.clear()
+            self.refuse.clear()
+            self.delay = 0.0
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: Any) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import asyncio
+
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        with self.lock:
+            if self.data_answers:
+                return self.data_answers.pop(0)
+            msg = message_from_bytes(envelope.content, policy=policy.default)
+            self.messages.append(msg)  # type: ignore[arg-type]
+        return "250 Message accepted"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        with self.lock:
+            return [m for m in self.messages if address in str(m["To"])]
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.handler = SmtpHandler()
+        self.port = free_port()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+class PostgresDatabase:
+    """A database of our own on the machine's PostgreSQL (127.0.0.1:5432, trust auth)."""
+
+    def __init__(self, base_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"):
+        self.base_url = base_url
+        self.name = f"pa_test_{uuid.uuid4().hex[:10]}"
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rsplit("/", 1)[0] + "/" + self.name
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        dsn = self.base_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def create(self) -> None:
+        self._admin(f'CREATE DATABASE "{self.name}"')
+
+    def drop(self) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
