@@ -83,6 +83,7 @@ class User(Base):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: stored lowercased (CLI, import), so that lookups use this unique index
     email: Mapped[str] = mapped_column(String(254), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20), default=Role.EMPLOYEE.value)
@@ -102,6 +103,9 @@ class Review(Base):
         Index("ix_reviews_year_dept", "fiscal_year", "department"),
         Index("ix_reviews_year_status", "fiscal_year", "status"),
         Index("ix_reviews_employee_year", "employee_id", "fiscal_year", unique=True),
+        # Covers every column pa.analytics reads: its scans never touch the table.
+        Index("ix_reviews_analytics", "fiscal_year", "department", "status",
+              "overall_rating", "employee_id", "updated_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -183,3 +187,18 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AnalyticsCache(Base):
+    """Multi-year analytics figures, valid while their reviews' fingerprint is unchanged."""
+
+    __tablename__ = "analytics_cache"
+
+    from_year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    to_year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    #: "" for all departments (a primary key column cannot be NULL)
+    department: Mapped[str] = mapped_column(String(100), primary_key=True)
+    #: pa.analytics.fingerprint() of the reviews the figures were computed from
+    fingerprint: Mapped[str] = mapped_column(String(200))
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +49,14 @@ def _secret_key(config: Config, data_dir: Path) -> str:
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(48)
-    # O_EXCL: two processes starting at once must agree on one key.
+    # O_EXCL: two processes starting at once must agree on one key; 0600 from the
+    # first byte, so that it is never readable by others.
     try:
-        with open(path, "x") as f:
-            f.write(key)
-        path.chmod(0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
-        key = path.read_text().strip()
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
     return key
 
 

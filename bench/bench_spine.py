@@ -1,0 +1,286 @@
+"""The job spine, measured in one run against a local Redis and one web process.
+
+1. drain rate of tracked jobs (2 worker threads) beside raw Huey running a no-op
+   task with the same consumer in the same run, and the enqueue rates;
+2. POST /api/reviews/{id}/submit-to-hr at a steady 200 req/s for 10 s (open loop),
+   then 32 clients as fast as answers come (saturation);
+3. completion -> WebSocket delivery latency, measured on an admin's socket.
+
+Usage: .venv/bin/python bench/bench_spine.py [--jobs 5000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import closed_loop, open_loop, post  # noqa: E402
+from tests.services import RedisServer, free_port, wait_for  # noqa: E402
+
+PASSWORD = "bench-pass"
+
+
+def setup_env(root: Path) -> RedisServer:
+    redis_server = RedisServer(root / "redis")
+    redis_server.start()
+    os.environ.update(
+        PA_REDIS_URL=redis_server.url,
+        PA_DATABASE_URL=f"sqlite:///{root / 'pa.db'}",
+        PA_DATA_DIR=str(root / "data"),
+        PA_SECRET_KEY="bench-secret",
+    )
+    os.environ.pop("PA_SMTP_URL", None)  # mail goes to the outbox: no SMTP server to load
+    return redis_server
+
+
+def seed(reviews: int) -> tuple[int, int]:
+    """A manager with `reviews` reports, each with a review in manager_review."""
+    from sqlalchemy import insert
+
+    from pa import db
+    from pa.auth_passwords import hash_password
+    from pa.models import Base, Review, User
+
+    Base.metadata.create_all(db.engine)
+    now = db.utcnow()
+    pw = hash_password(PASSWORD)
+
+    def user(email: str, role: str, manager_id: int | None = None) -> dict:
+        return dict(email=email, name=email.split("@")[0].title(), role=role,
+                    department="Engineering", manager_id=manager_id, password_hash=pw,
+                    created_at=now, updated_at=now)
+
+    with db.begin() as conn:
+        conn.execute(insert(User), [user("admin@bench", "admin"), user("hr1@bench", "hr_admin"),
+                                    user("hr2@bench", "hr_admin")])
+        manager_id = conn.execute(insert(User).values(**user("mgr@bench", "manager"))
+                                  .returning(User.id)).scalar_one()
+        emp = [dict(user(f"e{i}@bench", "employee", manager_id), password_hash=None)
+               for i in range(reviews)]
+        for i in range(0, reviews, 5000):
+            conn.execute(insert(User), emp[i:i + 5000])
+        first = manager_id + 1
+        rows = [dict(employee_id=first + i, manager_id=manager_id, department="Engineering",
+                     fiscal_year=now.year, status="manager_review",
+                     ratings={"Delivery": 4, "Quality": 3}, overall_rating=3.5,
+                     goals="Goals", manager_comments="Comments", updated_at=now)
+                for i in range(reviews)]
+        for i in range(0, reviews, 5000):
+            conn.execute(insert(Review), rows[i:i + 5000])
+    with db.read() as conn:
+        from sqlalchemy import func, select
+        lo, hi = conn.execute(select(func.min(Review.id), func.max(Review.id))).one()
+    return lo, hi
+
+
+# ---------------------------------------------------------------- drain
+def drain(n: int) -> list[str]:
+    from huey.consumer import Consumer
+    from sqlalchemy import func, select
+
+    from pa import db, jobs
+    from pa.models import Job
+    from pa.queue import JobType, huey
+    from pa.tasks import HANDLERS
+    from pa.worker import EmbeddedConsumer
+
+    done = {"n": 0}
+    lock = threading.Lock()
+
+    @huey.task(name="bench.noop")
+    def raw_noop(i: int) -> None:
+        with lock:
+            done["n"] += 1
+
+    # The tracked job's handler does nothing either: what is measured is the
+    # tracking layer (claim, version bumps, commits, publishes), not a task's work.
+    HANDLERS[JobType.DATABASE_BACKUP] = lambda ctx: {"name": "noop", "bytes": 0}
+
+    def run_consumer(until: object) -> float:
+        consumer: Consumer = EmbeddedConsumer(huey, workers=2, worker_type="thread",
+                                              initial_delay=0.01, max_delay=0.1,
+                                              periodic=False)
+        t0 = time.perf_counter()
+        consumer.start()
+        wait_for(until, timeout=600, interval=0.01, message="drain")
+        elapsed = time.perf_counter() - t0
+        consumer.stop(graceful=True)
+        return elapsed
+
+    def completed() -> int:
+        with db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(Job)
+                                    .where(Job.status == "completed")).scalar_one())
+
+    lines = []
+    for round_ in (1, 2):
+        huey.flush()
+        done["n"] = 0
+        t0 = time.perf_counter()
+        for i in range(n):
+            raw_noop(i, priority=1)
+        raw_enq = n / (time.perf_counter() - t0)
+        raw_s = run_consumer(lambda: done["n"] >= n)
+        base = completed()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            jobs.submit(JobType.DATABASE_BACKUP, {}, None)
+        tr_enq = n / (time.perf_counter() - t0)
+        tr_s = run_consumer(lambda: completed() - base >= n)
+        lines.append(
+            f"round {round_}: raw Huey: enqueue {raw_enq:,.0f}/s, drain {n / raw_s:,.0f} jobs/s | "
+            f"tracked: submit {tr_enq:,.0f}/s, drain {n / tr_s:,.0f} jobs/s | "
+            f"tracked/raw drain = {raw_s / tr_s:.2f}"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+# ---------------------------------------------------------------- HTTP + push
+def login(port: int, email: str) -> str:
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    c.request("POST", "/api/session", json.dumps({"email": email, "password": PASSWORD}),
+              {"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+    cookie = r.getheader("set-cookie", "").split(";")[0]
+    c.close()
+    return cookie
+
+
+async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
+                     web_pid: int) -> list[str]:
+    import websockets
+
+    manager = login(port, "mgr@bench")
+    admin = login(port, "admin@bench")
+    ids = iter(range(first_id, last_id + 1))
+    host = f"127.0.0.1:{port}"
+
+    def make() -> bytes:
+        return post(f"/api/reviews/{next(ids)}/submit-to-hr", host, manager)
+
+    push: list[float] = []
+    ws = await websockets.connect(f"ws://{host}/ws", additional_headers={"Cookie": admin},
+                                  max_queue=None)
+    snapshot = json.loads(await ws.recv())
+    assert snapshot["type"] == "snapshot"
+
+    async def listen() -> None:
+        async for raw in ws:
+            now = time.time()
+            msg = json.loads(raw)
+            job = msg.get("data") or {}
+            if msg.get("type") == "job" and job.get("status") == "completed":
+                done = datetime.fromisoformat(job["completedAt"].replace("Z", "+00:00"))
+                push.append(now - done.timestamp())
+
+    listener = asyncio.create_task(listen())
+    lines = []
+    await open_loop("127.0.0.1", port, 100, 2, make)  # warm-up
+    r = await open_loop("127.0.0.1", port, 200, 10, make)
+    lines.append(f"submit-to-hr, open loop 200 req/s for 10 s: {r.summary()}")
+    print(lines[-1], flush=True)
+    prof = None
+    if profile:
+        prof = subprocess.Popen(["py-spy", "record", "-d", "8", "-r", "200", "-f", "raw",
+                                 "-o", "/tmp/pa-web-profile.txt", "--pid", str(web_pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = await closed_loop("127.0.0.1", port, 32, 10, make)
+    lines.append(f"submit-to-hr, 32 clients closed loop for 10 s: {r.summary()}")
+    print(lines[-1], flush=True)
+    if prof:
+        prof.wait()
+    # Let the consumer finish the backlog so that every completion is pushed.
+    await asyncio.sleep(1)
+    n0 = -1
+    while n0 != len(push):
+        n0 = len(push)
+        await asyncio.sleep(3)
+    listener.cancel()
+    await ws.close()
+    push.sort()
+    if push:
+        lines.append(
+            f"completion -> WebSocket push ({len(push)} jobs): "
+            f"p50 {push[len(push) // 2] * 1000:.1f} ms, "
+            f"p99 {push[int(len(push) * 0.99)] * 1000:.1f} ms, max {push[-1] * 1000:.1f} ms")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def top_frames(path: str, n: int = 15) -> str:
+    """Self time per function from a py-spy raw (collapsed stacks) file."""
+    totals: dict[str, int] = {}
+    all_ = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.split(";")[-1]
+        totals[leaf] = totals.get(leaf, 0) + int(count)
+        all_ += int(count)
+    rows = sorted(totals.items(), key=lambda kv: -kv[1])[:n]
+    return "\n".join(f"  {100 * c / all_:5.1f}%  {name}" for name, c in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="pa-bench-"))
+    redis_server = setup_env(root)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        lo, hi = seed(40_000)
+        print(f"machine: {os.cpu_count()} cores; SQLite WAL at {root}; redis {redis_server.url}")
+        lines = drain(args.jobs)
+        port = free_port()
+        env = dict(os.environ, PA_PORT=str(port))
+        log = open(root / "web.log", "wb")
+        web = subprocess.Popen([sys.executable, "run_web.py"], cwd=ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+        procs.append(web)
+        consumer = subprocess.Popen([sys.executable, "run_consumer.py", "-w", "2"], cwd=ROOT,
+                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(consumer)
+
+        def up() -> bool:
+            import http.client
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                c.request("GET", "/healthz")
+                return c.getresponse().status == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, message="web to answer")
+        lines += asyncio.run(http_phase(port, lo, hi, args.profile, web.pid))
+        if args.profile:
+            print("web process, self time during saturation (py-spy):")
+            print(top_frames("/tmp/pa-web-profile.txt"))
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)
+        redis_server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Who is asking: session cookie or bearer token; role checks; the Origin check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import select, update
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pa import db
+from pa.auth_passwords import hash_token, verify_password
+from pa.errors import Forbidden, Unauthorized
+from pa.models import ApiToken, Role, User
+from pa.settings import settings
+from pa.web.responses import error
+
+SESSION_KEY = "uid"
+#: a token's last use is written at most this often (not on every request)
+TOKEN_TOUCH = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: int
+    email: str
+    name: str
+    role: Role
+    department: str | None
+    manager_id: int | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    @property
+    def is_hr(self) -> bool:
+        """hr_admin or admin."""
+        return self.role in (Role.HR_ADMIN, Role.ADMIN)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "email": self.email, "name": self.name,
+                "role": self.role.value, "department": self.department,
+                "managerId": self.manager_id}
+
+
+def _principal(user: Any) -> Principal:
+    return Principal(user.id, user.email, user.name, Role(user.role), user.department,
+                     user.manager_id)
+
+
+_USER_COLS = (User.id, User.email, User.name, User.role, User.department, User.manager_id)
+
+
+def load_by_id(user_id: int) -> Principal | None:
+    with db.read() as conn:
+        row = conn.execute(select(*_USER_COLS).where(User.id == user_id)).first()
+    return _principal(row) if row else None
+
+
+def load_by_token(token: str) -> Principal | None:
+    now = db.utcnow()
+    with db.read() as conn:
+        row = conn.execute(
+            select(*_USER_COLS, ApiToken.id.label("token_id"), ApiToken.last_used_at)
+            .join(ApiToken, ApiToken.user_id == User.id)
+            .where(ApiToken.token_hash == hash_token(token))
+        ).first()
+    if row is None:
+        return None
+    if row.last_used_at is None or now - row.last_used_at > TOKEN_TOUCH:
+        with db.begin() as conn:
+            conn.execute(update(ApiToken).where(ApiToken.id == row.token_id)
+                         .values(last_used_at=now))
+    return _principal(row)
+
+
+def check_login(email: str, password: str) -> Principal | None:
+    """The user if the email and password match (imported users without one cannot log in)."""
+    with db.read() as conn:
+        row = conn.execute(
+            select(*_USER_COLS, User.password_hash)
+            .where(User.email == email.strip().lower())
+        ).first()
+    if not verify_password(row.password_hash if row else None, password):
+        return None
+    assert row is not None
+    return _principal(row)
+
+
+def bearer_token(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+async def current_user(conn: HTTPConnection) -> Principal | None:
+    """The signed-in user (bearer token first, then the session cookie), or None."""
+    cached = conn.scope.get("pa.user", False)
+    if cached is not False:
+        return cast(Principal | None, cached)
+    user: Principal | None = None
+    token = bearer_token(conn)
+    if token is not None:
+        user = await run_in_threadpool(load_by_token, token)
+    else:
+        uid = conn.session.get(SESSION_KEY) if "session" in conn.scope else None
+        if isinstance(uid, int):
+            user = await run_in_threadpool(load_by_id, uid)
+    conn.scope["pa.user"] = user
+    return user
+
+
+async def require_user(conn: HTTPConnection, *roles: Role) -> Principal:
+    """The signed-in user, else Unauthorized; with `roles`, Forbidden for anyone else."""
+    user = await current_user(conn)
+    if user is None:
+        raise Unauthorized("Sign in first.")
+    if roles and user.role not in roles:
+        raise Forbidden("Your role may not do this.")
+    return user
+
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def normalize_origin(origin: str) -> str:
+    """`scheme://host[:port]`, lower case, without a default port or trailing slash."""
+    value = origin.strip().rstrip("/").lower()
+    scheme, sep, host = value.partition("://")
+    default = _DEFAULT_PORTS.get(scheme)
+    if sep and default and host.endswith(default):
+        value = f"{scheme}://{host[: -len(default)]}"
+    return value
+
+
+def _own_origin(scope: Scope) -> str:
+    headers = dict(scope.get("headers") or [])
+    host = headers.get(b"host", b"").decode("latin-1")
+    scheme = str(scope.get("scheme", "http"))
+    scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    if not host:
+        server = scope.get("server") or ("localhost", None)
+        host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
+    return normalize_origin(f"{scheme}://{host}")
+
+
+_ALLOWED = frozenset(normalize_origin(o) for o in settings.allowed_origins)
+
+
+def origin_allowed(scope: Scope) -> bool:
+    """A request without Origin, or from the app's own origin or PA_ALLOWED_ORIGINS."""
+    headers = dict(scope.get("headers") or [])
+    origin = headers.get(b"origin")
+    if origin is None:
+        return True
+    value = normalize_origin(origin.decode("latin-1"))
+    return value == _own_origin(scope) or value in _ALLOWED
+
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class OriginCheckMiddleware:
+    """403 for a cookie-authenticated state change or a WebSocket from a foreign Origin."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
+            headers = dict(scope.get("headers") or [])
+            uses_bearer = headers.get(b"authorization", b"").lower().startswith(b"bearer ")
+            if not uses_bearer and not origin_allowed(scope):
+                response = error("forbidden", "Cross-origin request refused.", 403)
+                await response(scope, receive, send)
+                return
+        elif scope["type"] == "websocket" and not origin_allowed(scope):
+            # Closing before accept makes the server answer the handshake with 403.
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await self.app(scope, receive, send)
