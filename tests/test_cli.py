@@ -81,7 +81,7 @@ def test_duplicate_email_is_refused_whatever_its_case(capsys):
     assert create_user(capsys, "ada@example.com")[0] == 0
     status, out, err = create_user(capsys, "ADA@example.com")
     assert status == 2
-    assert "error: A user with email ADA@example.com already exists." in err
+    assert "error: A user with email ada@example.com already exists." in err
     assert "Traceback" not in err and out == ""
     assert count(User.__table__) == 1
 
