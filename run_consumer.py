@@ -7,6 +7,7 @@ inside run_web.py).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from huey.consumer_options import ConsumerConfig, OptionParserHandler
@@ -43,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         consumer.run()
     finally:
         maintenance.stop()
-    return 0
+    # After an immediate stop (SIGTERM) a worker thread may still be inside a
+    # task whose job was just sent back to the queue; exiting the interpreter
+    # normally would wait for it (and let it finish work that will run again).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

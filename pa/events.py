@@ -53,10 +53,12 @@ class RedisBus:
 
     async def listen(self, on_subscribed: Callable[[], None]) -> AsyncIterator[str]:
         client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        # Subscribe confirmations are kept: redis-py reconnects and subscribes
+        # again by itself after a dropped connection, and each confirmation tells
+        # the listener that events may have been missed meanwhile.
+        pubsub = client.pubsub()
         try:
             await pubsub.subscribe(JOBS_CHANNEL)
-            on_subscribed()
             while True:
                 # A timeout lets a dead connection surface as an error on the next
                 # read instead of waiting forever on a half-open socket.
@@ -64,6 +66,11 @@ class RedisBus:
                 if msg is None:
                     await pubsub.ping()
                     continue
+                if msg["type"] == "subscribe":
+                    on_subscribed()
+                    continue
+                if msg["type"] != "message":
+                    continue  # e.g. the answer to our ping
                 data = msg["data"]
                 yield data.decode() if isinstance(data, bytes) else str(data)
         finally:

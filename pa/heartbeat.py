@@ -57,7 +57,10 @@ def worker_id() -> str:
 
 def beat() -> None:
     """Refresh this consumer's key and stamp the rows of its running jobs."""
-    wid = str(_state["id"])
+    current = _state.get("id")
+    if current is None:
+        return  # stop() ran while this beat's thread woke up
+    wid = str(current)
     if settings.redis_url:
         try:
             _redis().set(_worker_key(wid), "1", ex=settings.worker_ttl)

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 jobs_table = Job.__table__
 _ALL = tuple(jobs_table.c)
 _FINAL = tuple(s.value for s in FINAL_STATUSES)
+# Built once and run with a parameter dict: building (and cache-keying) an INSERT
+# with .values() on every call cost about as much as the insert itself.
+_INSERT = insert(jobs_table).returning(*_ALL)
 
 
 @huey.task(name="pa.run_job")
@@ -65,6 +68,8 @@ def job_to_dict(row: Mapping[str, Any]) -> dict[str, Any]:
         "result": row["result"],
         "error": row["error"],
         "cancelRequested": row["cancel_requested"],
+        #: when a pending job waits for its retry: not before this time
+        "runAfter": _iso(row["run_after"]),
         "createdAt": _iso(row["created_at"]),
         "startedAt": _iso(row["started_at"]),
         "completedAt": _iso(row["completed_at"]),
@@ -89,25 +94,24 @@ def create(
     spec = JOB_SPECS[JobType(job_type)]
     now = db.utcnow()
     row = conn.execute(
-        insert(jobs_table)
-        .values(
-            id=uuid.uuid4().hex,
-            type=JobType(job_type).value,
-            status=JobStatus.PENDING.value,
-            priority=int(spec.priority),
-            user_id=user_id,
-            payload=payload,
-            attempts=0,
-            max_retries=spec.retries if max_retries is None else max_retries,
-            retry_base=0,
-            time_limit=spec.time_limit if time_limit is None else time_limit,
-            cancel_requested=False,
-            dedupe_key=dedupe_key,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(*_ALL)
+        _INSERT,
+        {
+            "id": uuid.uuid4().hex,
+            "type": JobType(job_type).value,
+            "status": JobStatus.PENDING.value,
+            "priority": int(spec.priority),
+            "user_id": user_id,
+            "payload": payload,
+            "attempts": 0,
+            "max_retries": spec.retries if max_retries is None else max_retries,
+            "retry_base": 0,
+            "time_limit": spec.time_limit if time_limit is None else time_limit,
+            "cancel_requested": False,
+            "dedupe_key": dedupe_key,
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+        },
     ).one()
     return job_to_dict(row._mapping)
 
@@ -124,9 +128,11 @@ def enqueue(job_id: str, priority: int, delay: float | None = None) -> bool:
 
 
 def dispatch(job: dict[str, Any]) -> None:
-    """After the commit that created `job`: enqueue it, then announce it."""
-    enqueue(job["id"], job["priority"])
+    """After the commit that created `job`: announce it, then enqueue it."""
+    # Announce first: once enqueued, a worker may claim the job and publish
+    # version 2 before this thread publishes version 1.
     events.publish(events.job_event(job))
+    enqueue(job["id"], job["priority"])
 
 
 def submit(

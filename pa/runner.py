@@ -154,8 +154,9 @@ def retry_delay(job_type: JobType, retry_number: int) -> float:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
-    if isinstance(exc, (PermanentJobError, JobTimedOut)) and text:
-        return text
+    if text and (isinstance(exc, (PermanentJobError, JobTimedOut))
+                 or type(exc).__module__.startswith("pa.")):
+        return text  # our own errors are written for people
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -28,28 +28,59 @@ __all__ = ["huey", "reap", "Maintenance", "EmbeddedConsumer", "start_embedded"]
 REAPER_LOCK = key("lock", "reaper")
 
 
-def _requeue(job_id: str, expect: dict[str, Any], error: str | None) -> bool:
+#: seconds before an interrupted job may run again (see requeue_interrupted)
+INTERRUPTED_REQUEUE_DELAY = 1.0
+
+
+def _requeue(job_id: str, expect: dict[str, Any], error: str | None,
+             delay: float | None = None) -> bool:
     values: dict[str, Any] = {"status": JobStatus.PENDING.value, "worker_id": None,
                               "run_after": None}
+    if delay:
+        # claim() ignores deliveries before run_after (e.g. a stray duplicate)
+        values["run_after"] = db.utcnow() + timedelta(seconds=delay)
     if error is not None:
         values["error"] = error
     job = jobs.change(job_id, values, expect=expect)
     if job is None:
         return False
-    jobs.enqueue(job_id, job["priority"])
+    jobs.enqueue(job_id, job["priority"], delay=delay)
     return True
+
+
+def _release(job_id: str) -> None:
+    """Send a job this consumer abandons back to the queue (if it still owns it)."""
+    row = jobs.load_row(job_id)
+    if row is None or row["status"] != JobStatus.PROCESSING.value:
+        return
+    if row["worker_id"] != heartbeat.worker_id():
+        # A stale run (the reaper gave the job to another consumer meanwhile):
+        # the job is not ours to send back.
+        return
+    # With a delay, not at once: this consumer's idle threads are still blocked
+    # in BZPOPMIN while it shuts down, and one of them would claim the job and
+    # die with the process. A delayed task is only moved to the schedule by
+    # such a thread; a live consumer's scheduler runs it.
+    if _requeue(job_id, {"status": JobStatus.PROCESSING.value,
+                         "worker_id": row["worker_id"], "attempts": row["attempts"]}, None,
+                delay=INTERRUPTED_REQUEUE_DELAY):
+        log.warning("job %s interrupted; back in the queue", job_id)
 
 
 @huey.signal(SIGNAL_INTERRUPTED)
 def requeue_interrupted(signal: str, task: Any, *args: Any) -> None:
     """A task cut short by SIGTERM goes back to the queue (Huey itself drops it)."""
-    job_id = task.args[0] if task.args else task.id
-    row = jobs.load_row(job_id)
-    if row is None or row["status"] != JobStatus.PROCESSING.value:
-        return
-    if _requeue(job_id, {"status": JobStatus.PROCESSING.value,
-                         "worker_id": row["worker_id"], "attempts": row["attempts"]}, None):
-        log.warning("job %s interrupted; back in the queue", job_id)
+    _release(task.args[0] if task.args else task.id)
+
+
+def release_running() -> None:
+    """Send back every job this process still runs (its threads die with it)."""
+    # Huey's in-flight set is not enough: it holds tasks by (id, eta), and the
+    # task id is the job id, so a duplicate delivery of a job that finishes
+    # while the job runs takes the running task out of it, and then no
+    # SIGNAL_INTERRUPTED fires for it.
+    for job_id in list(heartbeat.running):
+        _release(job_id)
 
 
 def _queued_ids() -> set[str]:
@@ -147,6 +178,7 @@ class Maintenance:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        release_running()
         heartbeat.stop()
 
 

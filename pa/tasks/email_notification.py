@@ -76,6 +76,24 @@ def _is_permanent(exc: smtplib.SMTPException) -> str | None:
     return None
 
 
+class TemporaryMailError(Exception):
+    """Raised when the mail server asks us to try again later (a 4xx answer)."""
+
+
+def _describe_smtp(exc: smtplib.SMTPException) -> str:
+    code = getattr(exc, "smtp_code", None)
+    text = getattr(exc, "smtp_error", b"")
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return "Mail server refused recipients for now: " + ", ".join(
+            f"{addr} ({c} {m.decode(errors='replace')})" for addr, (c, m) in exc.recipients.items()
+        )
+    if code:
+        return f"Mail server answered {code} {text}".strip()
+    return f"Mail server error: {exc}"
+
+
 @handler(JobType.EMAIL_NOTIFICATION)
 def send_notification(ctx: JobContext) -> dict[str, int]:
     kind = ctx.payload.get("kind")
@@ -104,7 +122,7 @@ def send_notification(ctx: JobContext) -> dict[str, int]:
                     reason = _is_permanent(exc)
                     if reason:
                         raise PermanentJobError(reason) from exc
-                    raise
+                    raise TemporaryMailError(_describe_smtp(exc)) from exc
                 sent.append(email)
                 ctx.save_checkpoint({"sent": sent})
                 ctx.progress(len(sent), total, f"Sent to {email}")

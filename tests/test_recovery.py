@@ -1,0 +1,310 @@
+"""Recovery: consumers as real processes (run_consumer.py) that are killed, stopped and
+restarted, and a Redis that loses its queue; the Job rows must bring every job home."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from huey.signals import SIGNAL_INTERRUPTED
+
+from pa import heartbeat, jobs
+from pa.jobs import run_job
+from pa.models import ReviewStatus, Role, User
+from pa.queue import JobType, huey
+from pa.runner import claim
+from pa.worker import requeue_interrupted
+from tests.factories import make_review, make_user
+from tests.services import SmtpServer, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+FINAL = {"completed", "failed", "cancelled"}
+#: a lost worker is noticed after its key's TTL (3 s) plus a reaper interval (2 s)
+RECOVERY_WAIT = 30.0
+
+
+class ConsumerProcess:
+    """One `run_consumer.py` process; its output goes to a file for debugging."""
+
+    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "run_consumer.py", "-w", "2", "-k", "thread"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"consumer {self.pid} still running\n{self.output()}") from None
+
+    def stop(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+        finally:
+            self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_consumer(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
+    """Start consumer processes; all are stopped (and their output shown on failure) after."""
+    started: list[ConsumerProcess] = []
+
+    def start(env: dict[str, str] | None = None) -> ConsumerProcess:
+        proc = ConsumerProcess(tmp_path / f"consumer-{len(started) + 1}.log",
+                               dict(os.environ) if env is None else env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        try:
+            proc.stop()
+        finally:
+            # pytest shows this only when the test failed
+            print(f"--- consumer {proc.pid} (exit {proc.proc.returncode}) ---\n"
+                  f"{proc.output()}")
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def make_hr_scene(hr_count: int) -> tuple[User, int, list[User]]:
+    manager = make_user(Role.MANAGER)
+    employee = make_user(Role.EMPLOYEE, manager_id=manager.id)
+    hrs = [make_user(Role.HR_ADMIN) for _ in range(hr_count)]
+    review = make_review(employee, status=ReviewStatus.MANAGER_REVIEW)
+    return manager, review.id, hrs
+
+
+def submit(manager: User, review_id: int, **options: Any) -> dict[str, Any]:
+    return jobs.submit(JobType.EMAIL_NOTIFICATION,
+                       {"kind": "review_submitted", "reviewId": review_id}, manager.id,
+                       **options)
+
+
+def row(job_id: str) -> Any:
+    r = jobs.load_row(job_id)
+    assert r is not None, f"job {job_id} is gone"
+    return r
+
+
+def wait_final(job_id: str, timeout: float = RECOVERY_WAIT) -> dict[str, Any]:
+    return wait_for(lambda: (j := jobs.job_to_dict(row(job_id)))["status"] in FINAL and j,
+                    timeout=timeout, message=f"job {job_id} to finish")
+
+
+def sent_so_far(job_id: str) -> list[str]:
+    """The recipients the job's checkpoint says are mailed, while it runs."""
+    r = row(job_id)
+    return list((r["checkpoint"] or {}).get("sent", [])) if r["status"] == "processing" else []
+
+
+def wait_mid_job(job_id: str, mailed: int = 1) -> list[str]:
+    """Wait until the running job has mailed `mailed` recipients; who they are."""
+    return wait_for(lambda: len(sent := sent_so_far(job_id)) >= mailed and sent,
+                    timeout=20, message=f"job {job_id} to mail {mailed} recipient(s)")
+
+
+def mail_counts(smtp: SmtpServer, users: list[User]) -> dict[str, int]:
+    return {u.email: len(smtp.handler.to(u.email)) for u in users}
+
+
+def owned_by(worker_id: str, proc: ConsumerProcess) -> bool:
+    # A consumer's id is "host:pid:random" (pa.heartbeat).
+    return worker_id.split(":")[-2] == str(proc.pid)
+
+
+def kill(proc: ConsumerProcess) -> None:
+    proc.send(signal.SIGKILL)
+    assert proc.wait_exit() == -signal.SIGKILL
+
+
+# -- a consumer that dies mid-job -----------------------------------------------------------
+
+
+def test_killed_consumer_job_is_resumed_by_the_next(start_consumer, smtp_server):
+    # Given: a job half-way through a slow mail server
+    manager, review_id, hrs = make_hr_scene(4)
+    smtp_server.handler.delay = 0.5
+    first = start_consumer()
+    job = submit(manager, review_id)
+    assert wait_mid_job(job["id"])
+    # When: its consumer dies without a word, and another one starts
+    kill(first)
+    assert row(job["id"])["status"] == "processing"
+    start_consumer()
+    # Then: the reaper gives it to the new consumer, which mails only the rest
+    done = wait_final(job["id"])
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 2 and done["error"] is None
+    assert done["result"] == {"sent": 4}
+    assert mail_counts(smtp_server, hrs) == {hr.email: 1 for hr in hrs}
+
+
+def test_killed_consumer_job_without_retries_fails(start_consumer, smtp_server):
+    # Given
+    manager, review_id, hrs = make_hr_scene(4)
+    smtp_server.handler.delay = 0.5
+    first = start_consumer()
+    job = submit(manager, review_id, max_retries=0)
+    wait_mid_job(job["id"])
+    # When
+    kill(first)
+    start_consumer()
+    # Then
+    done = wait_final(job["id"])
+    assert done["status"] == "failed", done
+    assert "Worker lost" in done["error"]
+    assert done["attempts"] == 1 and done["completedAt"] is not None
+    assert max(mail_counts(smtp_server, hrs).values()) == 1
+
+
+# -- a Redis that forgets its queue ---------------------------------------------------------
+
+
+def test_jobs_lost_by_redis_are_enqueued_again(start_consumer, smtp_server, redis_server):
+    # Given: jobs waiting in the queue, and no consumer
+    manager, review_id, hrs = make_hr_scene(2)
+    lost = [submit(manager, review_id) for _ in range(2)]
+    # When: Redis comes back empty, a job is queued afterwards, and a consumer starts
+    redis_server.restart_empty()
+    queued = submit(manager, review_id)
+    start_consumer()
+    # Then: every job runs exactly once
+    for job in (*lost, queued):
+        done = wait_final(job["id"])
+        assert done["status"] == "completed", done
+        assert done["attempts"] == 1
+    assert mail_counts(smtp_server, hrs) == {hr.email: 3 for hr in hrs}
+
+
+# -- stopping a consumer ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("duplicate", [False, True], ids=["plain", "after-a-duplicate"])
+def test_sigterm_sends_the_running_job_back_to_pending(start_consumer, smtp_server, duplicate):
+    # Given: a running job (and, in one case, a second delivery of it that the
+    # other worker thread took and ignored meanwhile)
+    manager, review_id, hrs = make_hr_scene(4)
+    smtp_server.handler.delay = 0.5
+    first = start_consumer()
+    job = submit(manager, review_id)
+    if duplicate:
+        assert jobs.enqueue(job["id"], job["priority"])
+    wait_mid_job(job["id"])
+    if duplicate:
+        wait_for(lambda: huey.pending_count() == 0, message="the duplicate taken")
+        # the ignored duplicate takes milliseconds; a second message takes 0.5 s
+        wait_mid_job(job["id"], mailed=2)
+    # When: stopped at once (SIGTERM: the worker thread's task is abandoned)
+    first.send(signal.SIGTERM)
+    first.wait_exit()
+    # Then: the job is pending again right away, not left to the reaper
+    back = jobs.job_to_dict(row(job["id"]))
+    assert back["status"] == "pending", back
+    assert back["attempts"] == 1 and back["error"] is None
+    # and the next consumer finishes it without mailing anyone twice
+    start_consumer()
+    done = wait_final(job["id"])
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 2
+    counts = mail_counts(smtp_server, hrs)
+    assert min(counts.values()) == 1, counts
+    # The message in flight at SIGTERM may arrive twice: the abandoned thread
+    # cannot record it, and the dying interpreter lingers in its final GC until
+    # that SMTP reply comes (so the server accepts it). Only that one.
+    assert sum(counts.values()) - len(hrs) <= 1, counts
+
+
+def test_sigint_lets_the_running_job_finish(start_consumer, smtp_server):
+    # Given
+    manager, review_id, hrs = make_hr_scene(3)
+    smtp_server.handler.delay = 0.5
+    proc = start_consumer()
+    job = submit(manager, review_id)
+    wait_mid_job(job["id"])
+    # When: a graceful stop
+    proc.send(signal.SIGINT)
+    # Then: the process waits for the job before it exits
+    assert proc.wait_exit() == 0
+    done = jobs.job_to_dict(row(job["id"]))
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 1
+    assert mail_counts(smtp_server, hrs) == {hr.email: 1 for hr in hrs}
+
+
+def test_a_stale_interrupted_run_leaves_the_new_owner_alone(smtp_server):
+    # Given: a job the reaper gave to another consumer, which now runs it
+    manager, review_id, _ = make_hr_scene(1)
+    job = submit(manager, review_id)
+    other = "elsewhere:1:0123abcd"
+    assert claim(job["id"], other) is not None
+    before = jobs.job_to_dict(row(job["id"]))
+    # When: this process is stopped while an old, abandoned run of the job is in flight
+    try:
+        requeue_interrupted(SIGNAL_INTERRUPTED, run_job.s(job["id"]))
+    finally:
+        heartbeat.stop()  # the handler gave this process a consumer identity
+    # Then: the job stays with its new owner
+    after = jobs.job_to_dict(row(job["id"]))
+    assert after == before
+    assert row(job["id"])["worker_id"] == other
+
+
+# -- several consumers -----------------------------------------------------------------------
+
+
+def test_two_consumers_recover_a_job_exactly_once(start_consumer, smtp_server):
+    # Given: two consumers, one of which runs a slow job
+    manager, review_id, hrs = make_hr_scene(4)
+    smtp_server.handler.delay = 0.5
+    consumers = [start_consumer(), start_consumer()]
+    job = submit(manager, review_id)
+    wait_mid_job(job["id"])
+    worker = row(job["id"])["worker_id"]
+    [runner] = [c for c in consumers if owned_by(worker, c)]
+    [survivor] = [c for c in consumers if c is not runner]
+    # When: the one running it dies
+    kill(runner)
+    # Then: the survivor's reaper recovers it, and it runs once more, not twice
+    done = wait_final(job["id"])
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 2
+    assert not owned_by(worker, survivor)
+    assert mail_counts(smtp_server, hrs) == {hr.email: 1 for hr in hrs}
+    assert survivor.proc.poll() is None
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_consumer_refuses_to_start_without_redis(start_consumer):
+    env = {k: v for k, v in os.environ.items() if k != "PA_REDIS_URL"}
+    proc = start_consumer(env)
+    assert proc.wait_exit() != 0
+    assert "PA_REDIS_URL" in proc.output()
