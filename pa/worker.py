@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,19 +14,21 @@ from huey.consumer import Consumer
 from huey.signals import SIGNAL_INTERRUPTED
 from sqlalchemy import func, select
 
-from pa import db, heartbeat, jobs
+import pa.tasks  # noqa: F401  (registers every handler)
+from pa import db, heartbeat, jobs, retention
 from pa.events import key
 from pa.models import Job, JobStatus
 from pa.queue import huey
 from pa.settings import settings
-
-import pa.tasks  # noqa: F401,E402  (registers every handler)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["huey", "reap", "Maintenance", "EmbeddedConsumer", "start_embedded"]
 
 REAPER_LOCK = key("lock", "reaper")
+PRUNE_LOCK = key("lock", "prune")
+#: seconds between prunes of old finished jobs
+PRUNE_INTERVAL = 3600
 
 
 #: seconds before an interrupted job may run again (see requeue_interrupted)
@@ -88,12 +91,13 @@ def _queued_ids() -> set[str]:
     return {t.id for t in tasks}
 
 
-def _acquire_reaper_lock(ttl: int) -> bool:
+def _acquire_lock(name: str, ttl: int) -> bool:
+    """Whether this consumer does the periodic work `name` now (once across consumers)."""
     if not settings.redis_url:
         return True  # embedded mode: one process
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     try:
-        return bool(client.set(REAPER_LOCK, heartbeat.worker_id(), nx=True, ex=ttl))
+        return bool(client.set(name, heartbeat.worker_id(), nx=True, ex=ttl))
     finally:
         client.close()
 
@@ -106,7 +110,7 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
     interval = settings.reaper_interval
     grace = interval if pending_grace is None else pending_grace
     counts = {"requeued": 0, "failed": 0, "reenqueued": 0}
-    if lock and not _acquire_reaper_lock(max(1, interval - 1)):
+    if lock and not _acquire_lock(REAPER_LOCK, max(1, interval - 1)):
         return counts
     now = db.utcnow()
     stale_beat = now - timedelta(seconds=3 * settings.worker_ttl)
@@ -167,11 +171,19 @@ class Maintenance:
         self._thread.start()
 
     def _loop(self) -> None:
+        last_prune = 0.0
         while True:
             try:
                 reap()
             except Exception:
                 log.exception("reaper failed; trying again in %.0f s", self.interval)
+            if time.monotonic() - last_prune > PRUNE_INTERVAL:
+                last_prune = time.monotonic()
+                try:
+                    if _acquire_lock(PRUNE_LOCK, PRUNE_INTERVAL):
+                        retention.prune()
+                except Exception:
+                    log.exception("pruning old jobs failed")
             if self._stop.wait(self.interval):
                 return
 

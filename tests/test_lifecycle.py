@@ -408,3 +408,50 @@ def test_every_change_is_published_in_order(consumer, smtp_server, events):
     assert evs[0]["status"] == "pending" and evs[0]["version"] == 1
     progress = [e["progress"]["current"] for e in evs if e["progress"]]
     assert progress == sorted(progress) and progress[-1] == 4
+
+
+def test_prune_removes_old_finished_jobs_and_their_own_files_only(test_root):
+    # Given: an old completed job with a file in its own folder, an old failed one,
+    # a recent one, an old unfinished one, and an archive in a shared folder
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from pa import db, retention
+    from pa.models import Job
+    from pa.settings import settings
+
+    owner = make_user(Role.HR_ADMIN)
+
+    def job(status: str, age_days: int, result_file: str | None = None) -> str:
+        j = jobs.submit(JobType.GENERATE_REPORT, {"fiscalYear": 2025}, owner.id)
+        when = db.utcnow() - timedelta(days=age_days)
+        with db.begin() as conn:
+            conn.execute(update(Job).where(Job.id == j["id"]).values(
+                status=status, completed_at=when if status != "pending" else None,
+                result_file=result_file))
+        return j["id"]
+
+    old_id = jobs.submit(JobType.GENERATE_REPORT, {}, owner.id)["id"]
+    folder = settings.data_dir / "reports" / old_id
+    folder.mkdir(parents=True)
+    (folder / "pa-report-FY2025.pdf").write_bytes(b"%PDF-")
+    with db.begin() as conn:
+        conn.execute(update(Job).where(Job.id == old_id).values(
+            status="completed", completed_at=db.utcnow() - timedelta(days=31),
+            result_file=f"reports/{old_id}/pa-report-FY2025.pdf"))
+    archive = settings.data_dir / "archives" / "FY2020" / "pa-archive-FY2020.jsonl.gz"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_bytes(b"x")
+    old_archive = job("completed", 40, "archives/FY2020/pa-archive-FY2020.jsonl.gz")
+    old_failed = job("failed", 31)
+    recent = job("completed", 29)
+    unfinished = job("pending", 0)
+    # When
+    removed = retention.prune()
+    # Then
+    assert removed == 3
+    assert jobs.load_row(old_id) is None and not folder.exists()
+    assert jobs.load_row(old_archive) is None and archive.exists()
+    assert jobs.load_row(old_failed) is None
+    assert jobs.load_row(recent) is not None and jobs.load_row(unfinished) is not None
