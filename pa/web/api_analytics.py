@@ -1,0 +1,80 @@
+"""GET /api/analytics: figures at once for a small or cached range, otherwise a job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from pa import analytics, db, jobs
+from pa.errors import Invalid
+from pa.models import JobStatus, Role
+from pa.queue import JobType
+from pa.web.auth import require_user
+from pa.web.responses import accepted, ok
+
+_UNFINISHED = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
+
+
+def _unfinished_job(conn: Connection, scope: analytics.Scope,
+                    user_id: int) -> dict[str, Any] | None:
+    """The user's pending or running analytics job for the same range, if there is one."""
+    table = jobs.jobs_table
+    # A user has few unfinished jobs (ix_jobs_user_created finds them); the payload is
+    # JSON, compared here rather than with dialect-specific JSON operators in SQL.
+    rows = conn.execute(
+        select(*table.c).where(
+            table.c.user_id == user_id,
+            table.c.type == JobType.MULTI_YEAR_ANALYTICS.value,
+            table.c.status.in_(_UNFINISHED),
+            table.c.cancel_requested.is_(False),
+        ).order_by(table.c.created_at.desc())
+    ).all()
+    for row in rows:
+        try:
+            if analytics.Scope.parse(row.payload or {}) == scope:
+                return jobs.job_to_dict(dict(row._mapping))
+        except Invalid:
+            continue
+    return None
+
+
+def answer(scope: analytics.Scope, user_id: int) -> tuple[dict[str, Any] | None,
+                                                           dict[str, Any] | None]:
+    """(figures, None) when they can be given now, else (None, the job computing them)."""
+    with db.read() as conn:
+        entry = analytics.cached(conn, scope)
+        if entry is not None:
+            # Only a range with a cache entry pays for the fingerprint (one index scan);
+            # the others need just the count.
+            stamp = analytics.fingerprint(conn, scope)
+            if entry.is_fresh(stamp):
+                return entry.figures, None
+            count = stamp.reviews
+        else:
+            count = analytics.count_reviews(conn, scope)
+        if count <= analytics.SMALL_RANGE:
+            return analytics.figures(conn, scope), None
+        running = _unfinished_job(conn, scope, user_id)
+    if running is not None:
+        return None, running
+    return None, jobs.submit(JobType.MULTI_YEAR_ANALYTICS, scope.payload(), user_id)
+
+
+async def get_analytics(request: Request) -> Response:
+    user = await require_user(request, Role.HR_ADMIN, Role.ADMIN)
+    scope = analytics.Scope.parse(request.query_params)
+    figures, job = await run_in_threadpool(answer, scope, user.id)
+    if job is not None:
+        return accepted(job, f"Analytics of {scope.from_year}–{scope.to_year} are being "
+                             "computed; the job's result holds them.")
+    return ok(figures)
+
+
+routes: list[BaseRoute] = [
+    Route("/api/analytics", get_analytics, methods=["GET"]),
+]
