@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -55,11 +56,27 @@ def make_engine(url: str) -> Engine:
 engine: Engine = make_engine(settings.database_url)
 SessionLocal = sessionmaker(engine, expire_on_commit=False)
 
+#: SQLite takes one writer at a time. This process's writing threads (the web's
+#: threadpool, embedded consumer threads) queue on this lock, which hands over at
+#: once, instead of in SQLite's busy handler, whose growing sleeps (up to 100 ms
+#: each) made seconds-long tails under load. Re-entrant, so that a nested write
+#: behaves as it did without the lock. Other processes still meet in SQLite.
+_sqlite_writer = threading.RLock() if engine.dialect.name == "sqlite" else None
+
+
+@contextmanager
+def _one_writer(write: bool) -> Iterator[None]:
+    if write and _sqlite_writer is not None:
+        with _sqlite_writer:
+            yield
+    else:
+        yield
+
 
 @contextmanager
 def session_scope(write: bool = True) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
-    with SessionLocal() as session:
+    with _one_writer(write), SessionLocal() as session:
         session.connection(execution_options={"pa_write": write})
         try:
             yield session
@@ -72,7 +89,7 @@ def session_scope(write: bool = True) -> Iterator[Session]:
 @contextmanager
 def begin() -> Iterator[Connection]:
     """A Core connection in a writing transaction, committed when the block exits cleanly."""
-    with engine.connect() as conn:
+    with _one_writer(True), engine.connect() as conn:
         conn = conn.execution_options(pa_write=True)
         with conn.begin():
             yield conn

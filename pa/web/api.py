@@ -1,0 +1,189 @@
+"""The API of the session, the signed-in user, jobs and health."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from pa import db, jobs
+from pa.errors import Invalid, NotFound, Unauthorized
+from pa.settings import settings
+from pa.web.auth import SESSION_KEY, Principal, check_login, require_user
+from pa.web.responses import Json, accepted, json_body, ok, query_int, query_str
+
+#: longer passwords are refused before hashing (argon2's cost grows with length)
+MAX_PASSWORD = 1024
+MEDIA_TYPES = {
+    ".pdf": "application/pdf",
+    ".csv": "text/csv; charset=utf-8",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".gz": "application/gzip",
+    ".zip": "application/zip",
+    ".db": "application/vnd.sqlite3",
+    ".sqlite": "application/vnd.sqlite3",
+    ".sql": "application/sql",
+}
+
+
+def _required_str(body: dict[str, Any], name: str, max_length: int) -> str:
+    value = body.get(name)
+    if value is None or value == "":
+        raise Invalid(f"{name} is required.", field=name)
+    if not isinstance(value, str):
+        raise Invalid(f"{name} must be a string.", field=name)
+    if len(value) > max_length:
+        raise Invalid(f"{name} is longer than {max_length} characters.", field=name)
+    return value
+
+
+async def login(request: Request) -> Response:
+    body = await json_body(request)
+    email = _required_str(body, "email", 254)
+    password = _required_str(body, "password", MAX_PASSWORD)
+    user = await run_in_threadpool(check_login, email, password)
+    if user is None:
+        # One message for every case: it must not tell whether the email exists.
+        raise Unauthorized("Wrong email or password.")
+    request.session.clear()
+    request.session[SESSION_KEY] = user.id
+    request.scope["pa.user"] = user
+    return ok(user.to_dict())
+
+
+async def logout(request: Request) -> Response:
+    request.session.clear()
+    return ok(None)
+
+
+async def me(request: Request) -> Response:
+    user = await require_user(request)
+    return ok(user.to_dict())
+
+
+async def list_jobs(request: Request) -> Response:
+    user = await require_user(request)
+    status = query_str(request, "status")
+    job_type = query_str(request, "type")
+    limit = query_int(request, "limit", 50, minimum=1, maximum=500)
+    data = await run_in_threadpool(
+        jobs.list_jobs, user.id, user.is_admin, status=status, job_type=job_type, limit=limit
+    )
+    return ok(data)
+
+
+async def get_job(request: Request) -> Response:
+    user = await require_user(request)
+    job = await run_in_threadpool(jobs.get, request.path_params["job_id"], user.id,
+                                  user.is_admin)
+    return ok(job)
+
+
+async def cancel_job(request: Request) -> Response:
+    user = await require_user(request)
+    job = await run_in_threadpool(jobs.cancel, request.path_params["job_id"], user.id,
+                                  user.is_admin)
+    return ok(job)
+
+
+async def retry_job(request: Request) -> Response:
+    user = await require_user(request)
+    job = await run_in_threadpool(jobs.retry, request.path_params["job_id"], user.id,
+                                  user.is_admin)
+    return accepted(job, "The job is queued again.")
+
+
+def media_type(name: str) -> str:
+    """The Content-Type of a downloaded file, by its extension."""
+    known = MEDIA_TYPES.get(Path(name).suffix.lower())
+    return known or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _job_file(job_id: str, user: Principal) -> Path:
+    _job, relative = jobs.result_file(job_id, user.id, user.is_admin)
+    root = settings.data_dir.resolve()
+    path = (root / relative).resolve()
+    # The path comes from our own tasks; still, never serve outside PA_DATA_DIR.
+    if not path.is_relative_to(root) or not path.is_file():
+        raise NotFound(f"The file of job {job_id} is no longer there.")
+    return path
+
+
+async def download_job(request: Request) -> Response:
+    user = await require_user(request)
+    path = await run_in_threadpool(_job_file, request.path_params["job_id"], user)
+    return FileResponse(path, filename=path.name, media_type=media_type(path.name))
+
+
+_health_redis: redis.Redis | None = None
+
+
+def _redis_answers() -> bool:
+    global _health_redis
+    if _health_redis is None:
+        assert settings.redis_url
+        # A probe answers for now: no retries, short timeouts.
+        _health_redis = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+        )
+    try:
+        return bool(_health_redis.ping())
+    except redis.RedisError:
+        return False
+
+
+def _database_answers() -> bool:
+    try:
+        with db.read() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
+
+
+def _health() -> dict[str, str]:
+    checks = {"database": "ok" if _database_answers() else "unavailable"}
+    if settings.embedded:
+        checks["redis"] = "embedded"  # no Redis to ask: queue and events are in-process
+    else:
+        checks["redis"] = "ok" if _redis_answers() else "unavailable"
+    return checks
+
+
+async def healthz(request: Request) -> Response:
+    """200 when the database and Redis answer; 503 naming those that do not."""
+    checks = await run_in_threadpool(_health)
+    down = [name for name, state in checks.items() if state == "unavailable"]
+    if not down:
+        return ok(checks)
+    names = {"database": "the database", "redis": "Redis"}
+    message = " and ".join(names[n] for n in down) + " did not answer."
+    return Json(
+        {"success": False, "error": {"code": "unavailable", "message": message},
+         "data": checks},
+        status_code=503,
+    )
+
+
+routes: list[BaseRoute] = [
+    Route("/api/session", login, methods=["POST"]),
+    Route("/api/session", logout, methods=["DELETE"]),
+    Route("/api/me", me, methods=["GET"]),
+    Route("/api/jobs", list_jobs, methods=["GET"]),
+    Route("/api/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/api/jobs/{job_id}/retry", retry_job, methods=["POST"]),
+    Route("/api/jobs/{job_id}/download", download_job, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]

@@ -1,0 +1,122 @@
+"""The Starlette application: middleware, error envelope, routes, the event hub."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+
+import pa.web
+from pa.errors import PaError
+from pa.settings import settings
+from pa.web import hub, pages
+from pa.web.auth import OriginCheckMiddleware
+from pa.web.responses import error, from_error
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+HTTP_ERRORS = {
+    400: ("invalid", "The request is malformed."),
+    401: ("unauthorized", "Sign in first."),
+    403: ("forbidden", "You may not do this."),
+    404: ("not_found", "No such resource."),
+    405: ("invalid", "This resource does not allow that method."),
+    409: ("conflict", "The resource's state does not allow this."),
+    413: ("too_large", "The request is too large."),
+    422: ("invalid", "The request's content is not valid."),
+    503: ("unavailable", "A service pa needs does not answer."),
+}
+
+
+def _is_api(request: Request) -> bool:
+    path = request.url.path
+    return path == "/api" or path.startswith("/api/")
+
+
+async def _pa_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PaError)
+    return from_error(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and not _is_api(request):
+        return pages.not_found(request)
+    code, message = HTTP_ERRORS.get(exc.status_code, ("error", "The request failed."))
+    # Starlette's own details ("Not Found") say less than ours; keep a custom one.
+    if exc.detail and exc.detail != HTTPStatus(exc.status_code).phrase:
+        message = exc.detail
+    return error(code, message, exc.status_code, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Not logged here: Starlette raises the exception again after this answer,
+    # and the server (uvicorn) logs it with its traceback.
+    return error("internal", "Something went wrong on our side; it has been logged.", 500)
+
+
+def api_modules() -> list[str]:
+    """Every `pa.web.api*` module: each contributes its `routes` (so that route
+    modules can be added without editing this file)."""
+    return sorted(
+        f"pa.web.{m.name}"
+        for m in pkgutil.iter_modules(pa.web.__path__)
+        if m.name == "api" or m.name.startswith("api_")
+    )
+
+
+def routes() -> list[BaseRoute]:
+    api_routes: list[BaseRoute] = []
+    for name in api_modules():
+        api_routes.extend(importlib.import_module(name).routes)
+    return [
+        *api_routes,
+        *hub.routes,
+        *pages.routes,
+        Mount("/static", StaticFiles(directory=ROOT / "static"), name="static"),
+    ]
+
+
+def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
+    """The app; its lifespan holds its hub's one event subscription."""
+    event_hub = hub.Hub(queue_size=hub_queue_size)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await event_hub.start()
+        try:
+            yield
+        finally:
+            await event_hub.stop()
+
+    app = Starlette(
+        routes=routes(),
+        middleware=[
+            Middleware(OriginCheckMiddleware),
+            Middleware(SessionMiddleware, secret_key=settings.secret_key,
+                       session_cookie="pa_session", max_age=14 * 24 * 3600,
+                       same_site="lax", https_only=False),
+        ],
+        exception_handlers={
+            PaError: _pa_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.hub = event_hub
+    return app
+
+
+app = create_app()

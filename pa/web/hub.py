@@ -1,0 +1,260 @@
+"""The event hub: one bus subscription per web process, fanned out to WebSockets.
+
+Each socket has a bounded queue. The hub reads every event once (for its owner's
+id) and forwards the original text to the owner's sockets and to every admin's.
+A socket whose queue is full (a slow browser) loses its backlog and gets a fresh
+snapshot instead, so it never holds up the others; every socket gets a snapshot
+again after the subscription comes back from an outage.
+
+`/ws` authenticates like the API. A handshake without a signed-in user is
+accepted and then closed with code 4401, because a browser can read a close code
+but not the status of a refused handshake: the page goes to /login on 4401 and
+keeps retrying on anything else. A foreign Origin is refused with HTTP 403 before
+this module sees it (OriginCheckMiddleware).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from pa import events, jobs
+from pa.web.auth import current_user
+
+log = logging.getLogger(__name__)
+
+#: events buffered per socket before it is given a snapshot instead
+QUEUE_SIZE = 256
+#: waits between attempts to subscribe again after the bus failed
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0
+#: close code of a socket opened without a signed-in user
+CLOSE_UNAUTHORIZED = 4401
+#: close code when the server stops (1001: going away)
+CLOSE_GOING_AWAY = 1001
+
+
+class Signal(enum.Enum):
+    #: send a fresh snapshot of the user's jobs
+    SNAPSHOT = "snapshot"
+    #: the hub stops: close the socket
+    CLOSE = "close"
+
+
+class Subscriber:
+    """One WebSocket's place in the hub: whose jobs it gets, and what it has still to send."""
+
+    def __init__(self, user_id: int, is_admin: bool, size: int) -> None:
+        self.user_id = user_id
+        self.is_admin = is_admin
+        self.queue: asyncio.Queue[str | Signal] = asyncio.Queue(size)
+        self.closed = False
+
+    def offer(self, message: str) -> None:
+        """Queue an event; when the queue is full, drop the backlog for a snapshot."""
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.replace_backlog(Signal.SNAPSHOT)
+
+    def replace_backlog(self, signal: Signal) -> None:
+        if self.closed:
+            return
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(signal)
+        self.closed = signal is Signal.CLOSE
+
+
+class Hub:
+    """One subscription to `pa.events.bus`, many subscribers."""
+
+    def __init__(self, bus: events.Bus | None = None, queue_size: int = QUEUE_SIZE) -> None:
+        self._bus = bus
+        self.queue_size = queue_size
+        self._by_user: dict[int, set[Subscriber]] = {}
+        self._admins: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._delay = RETRY_FIRST
+        #: whether the subscription is live now
+        self.subscribed = False
+
+    async def start(self) -> None:
+        """Subscribe in a background task (it retries by itself)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="pa-hub")
+
+    async def stop(self) -> None:
+        """Unsubscribe, and tell every socket to close."""
+        task, self._task = self._task, None
+        if task is not None:
+            await _cancel(task)
+        for sub in self._subscribers():
+            sub.replace_backlog(Signal.CLOSE)
+        self._by_user.clear()
+        self._admins.clear()
+        self.subscribed = False
+
+    def register(self, user_id: int, is_admin: bool) -> Subscriber:
+        """A new socket; its first item is a snapshot (taken after it can miss nothing)."""
+        sub = Subscriber(user_id, is_admin, self.queue_size)
+        sub.queue.put_nowait(Signal.SNAPSHOT)
+        if is_admin:
+            self._admins.add(sub)
+        else:
+            self._by_user.setdefault(user_id, set()).add(sub)
+        return sub
+
+    def unregister(self, sub: Subscriber) -> None:
+        sub.closed = True
+        self._admins.discard(sub)
+        subs = self._by_user.get(sub.user_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_user[sub.user_id]
+
+    def count(self) -> int:
+        """How many sockets are registered."""
+        return len(self._admins) + sum(len(s) for s in self._by_user.values())
+
+    def _subscribers(self) -> list[Subscriber]:
+        return [*self._admins, *(s for subs in self._by_user.values() for s in subs)]
+
+    def broadcast(self, message: str) -> None:
+        """Forward one event to its owner's sockets and every admin's."""
+        try:
+            owner = json.loads(message)["data"]["userId"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("event ignored: not a job event: %.200s", message)
+            return
+        if owner is not None:
+            for sub in self._by_user.get(owner, ()):
+                sub.offer(message)
+        for sub in self._admins:
+            sub.offer(message)
+
+    def resync_all(self) -> None:
+        """Every socket gets a fresh snapshot (events may have been missed)."""
+        for sub in self._subscribers():
+            sub.replace_backlog(Signal.SNAPSHOT)
+
+    def _on_subscribed(self) -> None:
+        # Called on every (re)subscription, including one the Redis client made by
+        # itself after a dropped connection: either way events may have been missed.
+        if not self.subscribed:
+            log.info("subscribed to job events")
+        self.subscribed = True
+        self._delay = RETRY_FIRST
+        self.resync_all()
+
+    async def _run(self) -> None:
+        bus = self._bus or events.bus
+        while True:
+            try:
+                async for message in bus.listen(self._on_subscribed):
+                    self.broadcast(message)
+                raise ConnectionError("the event stream ended")
+            except Exception as exc:
+                # Warn once per outage; the attempts that follow fail quietly.
+                level = logging.WARNING if self._delay == RETRY_FIRST else logging.DEBUG
+                log.log(level, "job events unavailable (%s); subscribing again in %.1f s",
+                        exc, self._delay)
+                self.subscribed = False
+            await asyncio.sleep(self._delay)
+            self._delay = min(self._delay * 2, RETRY_MAX)
+
+
+async def _cancel(task: asyncio.Task[None], timeout: float = 5.0) -> None:
+    """Cancel `task` and wait for it to end.
+
+    One cancel() is not always enough: redis-py (8.1) loses a cancellation that
+    arrives during its connection handshake and goes on reading, so cancel again
+    until the task has ended.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not task.done():
+        if loop.time() > deadline:
+            log.warning("the event subscription did not stop within %.0f s", timeout)
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the event subscription failed", exc_info=task.exception())
+
+
+async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
+                     is_admin: bool) -> None:
+    while True:
+        item = await sub.queue.get()
+        if item is Signal.CLOSE:
+            await websocket.close(CLOSE_GOING_AWAY)
+            return
+        if item is Signal.SNAPSHOT:
+            snapshot = await run_in_threadpool(jobs.snapshot, user_id, is_admin)
+            text = json.dumps({"type": "snapshot", "data": {"jobs": snapshot}},
+                              separators=(",", ":"))
+            await websocket.send_text(text)
+        else:
+            await websocket.send_text(str(item))
+
+
+#: what sending to or reading from a socket raises once its client has gone
+_GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
+
+
+async def _send(websocket: WebSocket, sub: Subscriber, user_id: int, is_admin: bool,
+                done: anyio.CancelScope) -> None:
+    try:
+        await _send_loop(websocket, sub, user_id, is_admin)
+    except _GONE:
+        pass  # the client went away while we were sending: nothing to report
+    except Exception:
+        log.exception("WebSocket of user %s failed", user_id)
+        with contextlib.suppress(*_GONE):
+            await websocket.close(1011)
+    finally:
+        done.cancel()
+
+
+async def _receive(websocket: WebSocket, done: anyio.CancelScope) -> None:
+    # The client has nothing to say; reading is how its going away is noticed.
+    try:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+    except _GONE:
+        pass
+    finally:
+        done.cancel()
+
+
+async def job_socket(websocket: WebSocket) -> None:
+    """`/ws`: a snapshot of the user's jobs, then every change of a job they may see."""
+    user = await current_user(websocket)
+    await websocket.accept()
+    if user is None:
+        await websocket.close(CLOSE_UNAUTHORIZED, "Sign in first.")
+        return
+    event_hub: Hub = websocket.app.state.hub
+    sub = event_hub.register(user.id, user.is_admin)
+    try:
+        # anyio, not bare asyncio tasks: Starlette's TestClient (and any anyio
+        # host) stops the endpoint through a cancel scope.
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_send, websocket, sub, user.id, user.is_admin, tasks.cancel_scope)
+            tasks.start_soon(_receive, websocket, tasks.cancel_scope)
+    finally:
+        event_hub.unregister(sub)
+
+
+routes: list[BaseRoute] = [WebSocketRoute("/ws", job_socket, name="ws")]

@@ -1,0 +1,78 @@
+"""Serve pa.web.app with uvicorn at PA_HOST:PA_PORT.
+
+In embedded mode (no PA_REDIS_URL) this process also runs the job consumer:
+threads that take jobs from the SQLite queue, started before the server and
+drained after it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+import uvicorn
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Serve pa (uvicorn). Without PA_REDIS_URL it also runs the job consumer."
+    )
+    parser.add_argument("--host", help="address to listen on (default: PA_HOST, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: PA_PORT, 8000)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--consumer-workers", type=int, default=2, metavar="N",
+                        help="embedded mode: consumer threads (default 2)")
+    return parser
+
+
+def _stop_on_sigterm() -> None:
+    # uvicorn handles SIGTERM while it serves, then raises it again once it has
+    # stopped; without a handler of ours that would end the process before the
+    # consumer is drained.
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from pa.settings import settings
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    _stop_on_sigterm()
+    embedded = None
+    if settings.embedded:
+        from pa import db
+        from pa.models import Base
+        from pa.worker import start_embedded
+
+        # Embedded mode needs nothing installed: create the tables if they are missing.
+        Base.metadata.create_all(db.engine)
+        embedded = start_embedded(workers=args.consumer_workers)
+        logging.getLogger("pa").info(
+            "embedded mode: consumer threads in this process (set PA_REDIS_URL for production)"
+        )
+    try:
+        uvicorn.run("pa.web.app:app", host=host, port=port, log_level=args.log_level,
+                    timeout_graceful_shutdown=10)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            from pa.worker import stop_embedded
+
+            stop_embedded(*embedded)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
