@@ -295,3 +295,17 @@ def seed_demo(args: argparse.Namespace) -> None:
         note = "" if login.demo_password else "  (existed before, with another password)"
         print(f"  {login.email:<{width}}  {login.role.value}{note}")
     print(f"Every other seeded person's password is {seed.DEMO_PASSWORD} too.")
+
+
+@command(
+    "restore-backup",
+    "replace the database's contents with a backup (stop pa's web and consumers first)",
+    arg("file", metavar="FILE", help="a pa-backup-*.sqlite.gz or pa-backup-*.pgdump file"),
+)
+def restore_backup(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from pa.backup import restore_backup as restore
+
+    restore(Path(args.file))
+    print(f"Restored {args.file} into {_db_name()}.")

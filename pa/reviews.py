@@ -173,10 +173,9 @@ def _submit_statement(as_admin: bool) -> Update:
     statement, and of two concurrent submits only one can match. Built once (with
     bind parameters): building and keying a statement per request costs more than
     running it."""
-    year_closed = exists().where(
-        years_table.c.year == reviews_table.c.fiscal_year,
-        years_table.c.closed_at.is_not(None),
-    )
+    # Any fiscal_years row freezes the year: "closing" (its archive job may be
+    # reading the reviews now) as well as "closed".
+    year_closed = exists().where(years_table.c.year == reviews_table.c.fiscal_year)
     conds = [
         reviews_table.c.id == bindparam("review_id"),
         reviews_table.c.status == ReviewStatus.MANAGER_REVIEW.value,
@@ -219,6 +218,7 @@ def _explain_refusal(conn: Connection, user_id: int, role: Role, review_id: int)
             reviews_table.c.employee_id,
             reviews_table.c.manager_id,
             _employee.c.manager_id.label("employee_manager_id"),
+            years_table.c.year.label("frozen_year"),
             years_table.c.closed_at,
         )
         .select_from(
@@ -235,8 +235,9 @@ def _explain_refusal(conn: Connection, user_id: int, role: Role, review_id: int)
         raise NotFound(f"No review {review_id}.")
     if not (role is Role.ADMIN or manages):
         raise Forbidden("Only the employee's manager or an admin can submit a review to HR.")
-    if row.closed_at is not None:
-        raise Conflict(f"Fiscal year {row.fiscal_year} is closed; its reviews cannot change.")
+    if row.frozen_year is not None:
+        state = "closed" if row.closed_at is not None else "being closed"
+        raise Conflict(f"Fiscal year {row.fiscal_year} is {state}; its reviews cannot change.")
     if row.status != ReviewStatus.MANAGER_REVIEW.value:
         raise Conflict(
             f"Review {review_id} is {row.status}; only a review in manager_review "

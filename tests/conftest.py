@@ -100,6 +100,22 @@ def consumer() -> Iterator[Any]:
     """Two real Huey consumer threads (and the heartbeat and reaper) in this process."""
     from pa.worker import start_embedded, stop_embedded
 
-    c, maintenance = start_embedded(workers=2)
+    # No periodic tasks: a test running at PA_BACKUP_CRON's minute would get a backup job.
+    c, maintenance = start_embedded(workers=2, periodic=False)
     yield c
     stop_embedded(c, maintenance)
+
+
+#: the system Chromium the browser tests drive (never a downloaded one)
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Chromium for the `browser` tests: missing, they skip locally but fail in CI."""
+    if not os.path.exists(CHROMIUM):
+        message = f"Chromium is not installed at {CHROMIUM} (make system-deps)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return CHROMIUM

@@ -22,3 +22,8 @@ def handler(job_type: JobType) -> Callable[[Handler], Handler]:
 
 # Every task module registers itself on import.
 from pa.tasks import email_notification  # noqa: E402,F401
+from pa.tasks import report  # noqa: E402,F401
+from pa.tasks import archive  # noqa: E402,F401
+from pa.tasks import bulk_import  # noqa: E402,F401
+from pa.tasks import analytics  # noqa: E402,F401
+from pa.tasks import backup  # noqa: E402,F401

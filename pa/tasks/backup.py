@@ -1,0 +1,91 @@
+"""`database_backup`: on demand, and daily at PA_BACKUP_CRON (the periodic trigger).
+
+The trigger is declared here, in the consumer's modules only. Huey's scheduler in
+every consumer enqueues it at each scheduled minute; each run computes the same slot
+(the scheduled minute, UTC) and the job's unique dedupe key lets exactly one backup
+job through however many consumers run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from croniter import croniter
+
+from pa import backup, db
+from pa.errors import NotFound
+from pa.queue import JobType, Priority, huey
+from pa.runner import JobContext
+from pa.settings import settings
+from pa.tasks import handler
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    """PA_BACKUP_CRON: five cron fields, in UTC."""
+
+    expression: str
+
+    @classmethod
+    def parse(cls, expression: str) -> CronSchedule:
+        fields = expression.split()
+        if len(fields) != 5 or not croniter.is_valid(" ".join(fields)):
+            raise ValueError(
+                f"PA_BACKUP_CRON {expression!r} is not a cron schedule: give five fields, "
+                "minute hour day-of-month month day-of-week (UTC), e.g. '0 2 * * *'."
+            )
+        return cls(" ".join(fields))
+
+    def matches(self, moment: datetime) -> bool:
+        """Whether the minute of `moment` (UTC; naive means UTC) is scheduled."""
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        return bool(croniter.match(self.expression, moment))
+
+    def slot(self, now: datetime) -> datetime:
+        """The latest scheduled minute at or before `now` (aware UTC)."""
+        minute = now.astimezone(UTC).replace(tzinfo=None, second=0, microsecond=0)
+        prev = croniter(self.expression, minute + timedelta(minutes=1)).get_prev(datetime)
+        return cast(datetime, prev).replace(tzinfo=UTC)
+
+
+# A bad PA_BACKUP_CRON stops the consumer at start with the parse error's message.
+# croniter rather than huey's crontab() decides: it knows names (MON, JAN), 7 for
+# Sunday, and cron's rule that a restricted day-of-month OR day-of-week matches.
+SCHEDULE = CronSchedule.parse(settings.backup_cron)
+
+
+def trigger_scheduled_backup(now: datetime | None = None) -> dict[str, Any] | None:
+    """Create the backup job of the latest scheduled slot, unless another consumer did."""
+    slot = SCHEDULE.slot(now or db.utcnow())
+    return backup.create_scheduled_backup(slot)
+
+
+# High priority: it only inserts a row, and its slot is computed when it runs.
+@huey.periodic_task(SCHEDULE.matches, priority=int(Priority.HIGH), name="pa.schedule_backup")
+def schedule_backup() -> None:
+    trigger_scheduled_backup()
+
+
+@handler(JobType.DATABASE_BACKUP)
+def database_backup(ctx: JobContext) -> dict[str, Any]:
+    made: backup.Backup | None = None
+    name = (ctx.checkpoint or {}).get("name")
+    if name:
+        # An earlier run made this backup and died before finishing the job.
+        try:
+            made = backup.find_backup(name)
+        except NotFound:
+            made = None
+    if made is None:
+        made = backup.make_backup(
+            ctx.job_id, ctx.check,
+            lambda done, total, message: ctx.progress(done, total, message, force=True),
+        )
+        ctx.save_checkpoint({"name": made.name})
+    ctx.result_file = f"backups/{made.name}"
+    backup.prune(settings.backup_keep)
+    return {"name": made.name, "bytes": made.bytes}
+
