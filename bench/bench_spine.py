@@ -139,7 +139,7 @@ def drain(n: int) -> list[str]:
         for _ in range(n):
             jobs.submit(JobType.DATABASE_BACKUP, {}, None)
         tr_enq = n / (time.perf_counter() - t0)
-        tr_s = run_consumer(lambda: completed() - base >= n)
+        tr_s = run_consumer(lambda base=base: completed() - base >= n)
         lines.append(
             f"round {round_}: raw Huey: enqueue {raw_enq:,.0f}/s, drain {n / raw_s:,.0f} jobs/s | "
             f"tracked: submit {tr_enq:,.0f}/s, drain {n / tr_s:,.0f} jobs/s | "
@@ -199,7 +199,8 @@ async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
     print(lines[-1], flush=True)
     prof = None
     if profile:
-        prof = subprocess.Popen(["py-spy", "record", "-d", "8", "-r", "200", "-f", "raw",
+        spy = str(Path(sys.executable).parent / "py-spy")
+        prof = subprocess.Popen([spy, "record", "-d", "8", "-r", "200", "-f", "raw",
                                  "-o", "/tmp/pa-web-profile.txt", "--pid", str(web_pid)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = await closed_loop("127.0.0.1", port, 32, 10, make)

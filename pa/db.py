@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -45,12 +47,43 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         # A writing transaction takes the write lock at once (IMMEDIATE), so that
-        # two writers queue in the busy handler instead of one failing with
-        # "database is locked" when it upgrades a read transaction to a write.
-        write = conn.get_execution_options().get("pa_write", True)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        # two writers queue instead of one failing with "database is locked" when
+        # it upgrades a read transaction to a write.
+        dbapi_conn = conn.connection.dbapi_connection
+        if conn.get_execution_options().get("pa_write", True):
+            _begin_immediate(dbapi_conn)
+        else:
+            dbapi_conn.execute("BEGIN")  # type: ignore[union-attr]
 
     return engine
+
+
+#: how long a writer waits for SQLite's write lock before "database is locked"
+WRITE_LOCK_TIMEOUT = 30.0
+
+
+def _begin_immediate(dbapi_conn: Any) -> None:
+    """Take SQLite's write lock, retrying every 0.5-2 ms.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, so
+    a writer of another process (web vs consumer) could wait up to 100 ms after
+    the lock came free; polling hands it over within a couple of milliseconds.
+    """
+    deadline = time.monotonic() + WRITE_LOCK_TIMEOUT
+    delay = 0.0005
+    dbapi_conn.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                dbapi_conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.002)
+    finally:
+        dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
 
 engine: Engine = make_engine(settings.database_url)

@@ -10,9 +10,19 @@ import logging
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    RowMapping,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from pa import db, events
 from pa.errors import Conflict, Invalid, NotFound
@@ -21,7 +31,8 @@ from pa.queue import JOB_SPECS, JobType, huey
 
 log = logging.getLogger(__name__)
 
-jobs_table = Job.__table__
+#: the jobs table for Core statements (the ORM model types it loosely)
+jobs_table = cast(Table, Job.__table__)
 _ALL = tuple(jobs_table.c)
 _FINAL = tuple(s.value for s in FINAL_STATUSES)
 # Built once and run with a parameter dict: building (and cache-keying) an INSERT
@@ -42,7 +53,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def job_to_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+def job_to_dict(row: RowMapping | Mapping[str, Any]) -> dict[str, Any]:
     """The Job object of the API and of events (camelCase)."""
     current, total = row["progress_current"], row["progress_total"]
     progress = None
@@ -145,6 +156,32 @@ def submit(
     return job
 
 
+def _change_statement(values: tuple[str, ...], expect: tuple[str, ...],
+                      with_status: bool) -> Any:
+    """The UPDATE for one shape of change, built once with bind parameters:
+    building and cache-keying a statement costs more than running it."""
+    key = (values, expect, with_status)
+    stmt = _CHANGE_STATEMENTS.get(key)
+    if stmt is None:
+        c = jobs_table.c
+        conds = [c.id == bindparam("w_id")]
+        conds += [c[k] == bindparam(f"w_{k}", type_=c[k].type) for k in expect]
+        if with_status:
+            conds.append(c.status.in_(bindparam("w_statuses", expanding=True)))
+        stmt = (
+            update(jobs_table)
+            .where(and_(*conds))
+            .values(version=c.version + 1, updated_at=bindparam("v_now", type_=c.updated_at.type),
+                    **{k: bindparam(f"v_{k}", type_=c[k].type) for k in values})
+            .returning(*_ALL)
+        )
+        _CHANGE_STATEMENTS[key] = stmt
+    return stmt
+
+
+_CHANGE_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
 def change(
     job_id: str,
     values: dict[str, Any],
@@ -158,22 +195,18 @@ def change(
     Returns the new Job object, or None when the row did not match (someone
     else changed it first). With `conn`, the caller commits and must publish.
     """
-    conds = [jobs_table.c.id == job_id]
-    for name, value in (expect or {}).items():
-        conds.append(jobs_table.c[name] == value)
+    expect = expect or {}
+    stmt = _change_statement(tuple(values), tuple(expect), bool(expect_status))
+    params: dict[str, Any] = {"w_id": job_id, "v_now": db.utcnow()}
+    params.update({f"w_{k}": v for k, v in expect.items()})
+    params.update({f"v_{k}": v for k, v in values.items()})
     if expect_status:
-        conds.append(jobs_table.c.status.in_(expect_status))
-    stmt = (
-        update(jobs_table)
-        .where(and_(*conds))
-        .values(version=jobs_table.c.version + 1, updated_at=db.utcnow(), **values)
-        .returning(*_ALL)
-    )
+        params["w_statuses"] = list(expect_status)
     if conn is not None:
-        row = conn.execute(stmt).first()
+        row = conn.execute(stmt, params).first()
         return job_to_dict(row._mapping) if row else None
     with db.begin() as own:
-        row = own.execute(stmt).first()
+        row = own.execute(stmt, params).first()
     if row is None:
         return None
     job = job_to_dict(row._mapping)
@@ -181,14 +214,50 @@ def change(
     return job
 
 
-def load_row(job_id: str) -> Mapping[str, Any] | None:
+_LOAD = select(*_ALL).where(jobs_table.c.id == bindparam("id"))
+
+
+def load_row(job_id: str) -> RowMapping | None:
     """The raw row of a job (worker side: payload, checkpoint, worker id...)."""
     with db.read() as conn:
-        row = conn.execute(select(*_ALL).where(jobs_table.c.id == job_id)).first()
+        row = conn.execute(_LOAD, {"id": job_id}).first()
     return row._mapping if row else None
 
 
-def _visible_row(job_id: str, user_id: int, is_admin: bool) -> Mapping[str, Any]:
+def claim(job_id: str, worker_id: str) -> RowMapping | None:
+    """pending → processing, compare-and-set, one statement: a second delivery gets None.
+
+    A delivery before the job's `run_after` (an early duplicate of a retry) gets
+    None too: the scheduled delivery will come.
+    """
+    now = db.utcnow()
+    with db.begin() as conn:
+        row = conn.execute(_CLAIM, {"c_id": job_id, "c_now": now, "c_worker": worker_id}).first()
+    if row is None:
+        return None
+    events.publish(events.job_event(job_to_dict(row._mapping)))
+    return row._mapping
+
+
+def _claim_statement() -> Any:
+    c = jobs_table.c
+    now = bindparam("c_now", type_=c.updated_at.type)
+    return (
+        update(jobs_table)
+        .where(c.id == bindparam("c_id"), c.status == JobStatus.PENDING.value,
+               or_(c.run_after.is_(None), c.run_after <= now))
+        .values(status=JobStatus.PROCESSING.value, attempts=c.attempts + 1,
+                worker_id=bindparam("c_worker"), heartbeat_at=now, started_at=now,
+                updated_at=now, run_after=None, version=c.version + 1,
+                progress_current=None, progress_total=None, progress_message=None)
+        .returning(*_ALL)
+    )
+
+
+_CLAIM = _claim_statement()
+
+
+def _visible_row(job_id: str, user_id: int, is_admin: bool) -> RowMapping:
     row = load_row(job_id)
     if row is None or not (is_admin or row["user_id"] == user_id):
         # Not 403: whether someone else's job exists is not the caller's business.

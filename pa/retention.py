@@ -10,7 +10,8 @@ from pathlib import Path
 from sqlalchemy import delete, select
 
 from pa import db
-from pa.models import FINAL_STATUSES, Job
+from pa.jobs import jobs_table
+from pa.models import FINAL_STATUSES
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def prune(now: datetime | None = None) -> int:
     """Delete finished jobs completed before the retention cutoff; returns how many."""
     cutoff = (now or db.utcnow()) - timedelta(days=settings.job_retention_days)
     final = [s.value for s in FINAL_STATUSES]
-    table = Job.__table__
+    table = jobs_table
     total = 0
     while True:
         with db.read() as conn:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import RowMapping
 
 from pa import db, heartbeat, jobs
 from pa.errors import JobCancelled, JobLost, JobTimedOut, PermanentJobError
@@ -26,7 +28,7 @@ CHECK_INTERVAL = 0.5
 class JobContext:
     """What a task handler gets: its job's data, progress, checks and files."""
 
-    def __init__(self, row: Mapping[str, Any], worker_id: str) -> None:
+    def __init__(self, row: RowMapping, worker_id: str) -> None:
         self.job_id: str = row["id"]
         self.type = JobType(row["type"])
         self.payload: dict[str, Any] = dict(row["payload"] or {})
@@ -52,25 +54,28 @@ class JobContext:
 
     def progress(
         self, current: int, total: int | None = None, message: str | None = None,
-        *, force: bool = False,
+        *, force: bool = False, checkpoint: Any = None,
     ) -> None:
-        """Report progress (throttled); raises if the job was cancelled or ran out of time."""
+        """Report progress (throttled); raises if the job was cancelled or ran out of time.
+
+        With `checkpoint`, the progress is written at once, together with it (one
+        write instead of two).
+        """
         self._progress = (current, total, message)
         now = time.monotonic()
-        if not force and now - self._last_progress < PROGRESS_INTERVAL:
+        if checkpoint is None and not force and now - self._last_progress < PROGRESS_INTERVAL:
             self._check_deadline()
             return
         self._last_progress = now
-        job = jobs.change(
-            self.job_id,
-            {
-                "progress_current": current,
-                "progress_total": total,
-                "progress_message": message[:300] if message else None,
-                "heartbeat_at": db.utcnow(),
-            },
-            expect=self._owner,
-        )
+        values = {
+            "progress_current": current,
+            "progress_total": total,
+            "progress_message": message[:300] if message else None,
+            "heartbeat_at": db.utcnow(),
+        }
+        if checkpoint is not None:
+            self.checkpoint = values["checkpoint"] = checkpoint
+        job = jobs.change(self.job_id, values, expect=self._owner)
         if job is None:
             raise JobLost(self.job_id)
         self._last_check = now
@@ -118,34 +123,6 @@ class JobContext:
 Handler = Callable[[JobContext], Any]
 
 
-def claim(job_id: str, worker_id: str) -> Mapping[str, Any] | None:
-    """pending → processing, compare-and-set: a second delivery of the job gets None."""
-    now = db.utcnow()
-    row = jobs.load_row(job_id)
-    if row is None or row["status"] != JobStatus.PENDING.value:
-        return None
-    if row["run_after"] is not None and row["run_after"] > now:
-        return None  # an early duplicate; the scheduled delivery will come
-    job = jobs.change(
-        job_id,
-        {
-            "status": JobStatus.PROCESSING.value,
-            "attempts": row["attempts"] + 1,
-            "worker_id": worker_id,
-            "heartbeat_at": now,
-            "started_at": now,
-            "run_after": None,
-            "progress_current": None,
-            "progress_total": None,
-            "progress_message": None,
-        },
-        expect={"status": JobStatus.PENDING.value, "attempts": row["attempts"]},
-    )
-    if job is None:
-        return None
-    return jobs.load_row(job_id)
-
-
 def retry_delay(job_type: JobType, retry_number: int) -> float:
     """Seconds before automatic retry number `retry_number` (1, 2, ...)."""
     spec = JOB_SPECS[job_type]
@@ -165,7 +142,7 @@ def execute(job_id: str) -> None:
     from pa.tasks import HANDLERS  # task modules load in the consumer only
 
     wid = heartbeat.worker_id()
-    row = claim(job_id, wid)
+    row = jobs.claim(job_id, wid)
     if row is None:
         log.info("job %s is not pending; delivery ignored", job_id)
         return
@@ -177,7 +154,7 @@ def execute(job_id: str) -> None:
         heartbeat.running.discard(job_id)
 
 
-def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
+def _run(ctx: JobContext, row: RowMapping, handler: Handler) -> None:
     owner = ctx._owner
     try:
         result = handler(ctx)
@@ -212,7 +189,7 @@ def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
     )
 
 
-def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception) -> None:
+def _failed(ctx: JobContext, row: RowMapping, exc: Exception) -> None:
     error = _describe(exc)
     retryable = not isinstance(exc, PermanentJobError)
     retry_number = ctx.attempt - row["retry_base"]

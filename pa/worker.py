@@ -151,10 +151,10 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
                 log.warning("job %s: worker %s lost; failed", r.id, r.worker_id)
     if stale_pending:
         queued = _queued_ids()
-        for r in stale_pending:
-            if r.id not in queued and jobs.enqueue(r.id, r.priority):
+        for pending in stale_pending:
+            if pending.id not in queued and jobs.enqueue(pending.id, pending.priority):
                 counts["reenqueued"] += 1
-                log.warning("job %s was pending but not queued; enqueued again", r.id)
+                log.warning("job %s was pending but not queued; enqueued again", pending.id)
     return counts
 
 

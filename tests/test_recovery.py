@@ -15,10 +15,9 @@ import pytest
 from huey.signals import SIGNAL_INTERRUPTED
 
 from pa import heartbeat, jobs
-from pa.jobs import run_job
+from pa.jobs import claim, run_job
 from pa.models import ReviewStatus, Role, User
 from pa.queue import JobType, huey
-from pa.runner import claim
 from pa.worker import requeue_interrupted
 from tests.factories import make_review, make_user
 from tests.services import SmtpServer, wait_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pa import jobs
-from pa.models import JobStatus, ReviewStatus, Role
+from pa.models import ReviewStatus, Role
 from pa.queue import JobType
 from tests.factories import make_review, make_user
 from tests.services import wait_for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from pa.queue import JobType
@@ -20,10 +21,7 @@ def handler(job_type: JobType) -> Callable[[Handler], Handler]:
     return register
 
 
-# Every task module registers itself on import.
-from pa.tasks import email_notification  # noqa: E402,F401
-from pa.tasks import report  # noqa: E402,F401
-from pa.tasks import archive  # noqa: E402,F401
-from pa.tasks import bulk_import  # noqa: E402,F401
-from pa.tasks import analytics  # noqa: E402,F401
-from pa.tasks import backup  # noqa: E402,F401
+# Every task module registers its handler on import.
+TASK_MODULES = ("email_notification", "report", "analytics", "bulk_import", "archive", "backup")
+for _name in TASK_MODULES:
+    importlib.import_module(f"pa.tasks.{_name}")

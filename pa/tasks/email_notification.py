@@ -105,7 +105,6 @@ def send_notification(ctx: JobContext) -> dict[str, int]:
     sent: list[str] = list((ctx.checkpoint or {}).get("sent", []))
     todo = [(email, name) for email, name in recipients if email not in sent]
     total = len(sent) + len(todo)
-    ctx.progress(len(sent), total, "Sending", force=True)
     if todo:
         with mail.connect() as sender:
             for email, name in todo:
@@ -124,6 +123,5 @@ def send_notification(ctx: JobContext) -> dict[str, int]:
                         raise PermanentJobError(reason) from exc
                     raise TemporaryMailError(_describe_smtp(exc)) from exc
                 sent.append(email)
-                ctx.save_checkpoint({"sent": sent})
-                ctx.progress(len(sent), total, f"Sent to {email}")
+                ctx.progress(len(sent), total, f"Sent to {email}", checkpoint={"sent": sent})
     return {"sent": len(sent)}
