@@ -45,8 +45,9 @@ test: install system-deps services test-sqlite test-postgres
 test-sqlite: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The browser tests do not depend on the database: they run in the SQLite pass only.
 test-postgres: install
-	PA_TEST_DB=postgres $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PA_TEST_DB=postgres $(BIN)/python -m pytest -m "not browser" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check pa tests bench run_web.py run_consumer.py
