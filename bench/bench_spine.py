@@ -33,12 +33,12 @@ from tests.services import RedisServer, free_port, wait_for  # noqa: E402
 PASSWORD = "bench-pass"
 
 
-def setup_env(root: Path) -> RedisServer:
+def setup_env(root: Path, database_url: str) -> RedisServer:
     redis_server = RedisServer(root / "redis")
     redis_server.start()
     os.environ.update(
         PA_REDIS_URL=redis_server.url,
-        PA_DATABASE_URL=f"sqlite:///{root / 'pa.db'}",
+        PA_DATABASE_URL=database_url,
         PA_DATA_DIR=str(root / "data"),
         PA_SECRET_KEY="bench-secret",
     )
@@ -243,13 +243,24 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pa-bench-"))
-    redis_server = setup_env(root)
+    pg = None
+    if args.db == "postgres":
+        from tests.services import PostgresDatabase
+
+        pg = PostgresDatabase()
+        pg.create()
+        database_url = pg.url
+    else:
+        database_url = f"sqlite:///{root / 'pa.db'}"
+    redis_server = setup_env(root, database_url)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         lo, hi = seed(40_000)
-        print(f"machine: {os.cpu_count()} cores; SQLite WAL at {root}; redis {redis_server.url}")
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+              f"database {args.db}; redis {redis_server.url}")
         lines = drain(args.jobs)
         port = free_port()
         env = dict(os.environ, PA_PORT=str(port))
@@ -280,6 +291,11 @@ def main() -> None:
             p.terminate()
             p.wait(timeout=30)
         redis_server.stop()
+        if pg is not None:
+            from pa import db
+
+            db.engine.dispose()
+            pg.drop()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import smtplib
 import ssl
 import uuid
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path

@@ -43,9 +43,10 @@ def _unfinished_job(conn: Connection, scope: analytics.Scope,
     return None
 
 
-def answer(scope: analytics.Scope, user_id: int) -> tuple[dict[str, Any] | None,
-                                                           dict[str, Any] | None]:
-    """(figures, None) when they can be given now, else (None, the job computing them)."""
+def answer(scope: analytics.Scope, user_id: int, *, start_job: bool = True
+           ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(figures, None) when they can be given now, else (None, the job computing them);
+    (None, None) when they cannot and `start_job` is false."""
     with db.read() as conn:
         entry = analytics.cached(conn, scope)
         if entry is not None:
@@ -59,6 +60,8 @@ def answer(scope: analytics.Scope, user_id: int) -> tuple[dict[str, Any] | None,
             count = analytics.count_reviews(conn, scope)
         if count <= analytics.SMALL_RANGE:
             return analytics.figures(conn, scope), None
+        if not start_job:
+            return None, None
         running = _unfinished_job(conn, scope, user_id)
     if running is not None:
         return None, running

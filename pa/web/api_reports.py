@@ -133,14 +133,31 @@ async def create_report(request: Request) -> Response:
                     else f"{what} is already being generated.")
 
 
+def _with_scope(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each report job with `report: {fiscalYear, department}` (the Job object has no
+    payload, and a list of reports that does not say which year is no use)."""
+    table = jobs.jobs_table
+    ids = [job["id"] for job in listed]
+    with db.read() as conn:
+        payloads = dict(conn.execute(
+            select(table.c.id, table.c.payload).where(table.c.id.in_(ids))).all()) if ids else {}
+    for job in listed:
+        payload = payloads.get(job["id"]) or {}
+        job["report"] = {"fiscalYear": payload.get("fiscalYear"),
+                         "department": payload.get("department")}
+    return listed
+
+
 async def list_reports(request: Request) -> Response:
+    """The caller's report jobs (admins: everyone's), newest first, with their scope."""
     user = await require_user(request, Role.HR_ADMIN, Role.ADMIN)
     limit = query_int(request, "limit", 50, minimum=1, maximum=500)
-    data = await run_in_threadpool(
-        jobs.list_jobs, user.id, user.is_admin, job_type=JobType.GENERATE_REPORT.value,
-        limit=limit,
-    )
-    return ok(data)
+
+    def read() -> list[dict[str, Any]]:
+        return _with_scope(jobs.list_jobs(user.id, user.is_admin,
+                                          job_type=JobType.GENERATE_REPORT.value, limit=limit))
+
+    return ok(await run_in_threadpool(read))
 
 
 async def list_departments(request: Request) -> Response:
