@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -89,18 +91,60 @@ def _begin_immediate(dbapi_conn: Any) -> None:
 engine: Engine = make_engine(settings.database_url)
 SessionLocal = sessionmaker(engine, expire_on_commit=False)
 
-#: SQLite takes one writer at a time. This process's writing threads (the web's
-#: threadpool, embedded consumer threads) queue on this lock, which hands over at
-#: once, instead of in SQLite's busy handler, whose growing sleeps (up to 100 ms
-#: each) made seconds-long tails under load. Re-entrant, so that a nested write
-#: behaves as it did without the lock. Other processes still meet in SQLite.
-_sqlite_writer = threading.RLock() if engine.dialect.name == "sqlite" else None
+class SqliteWriteLock:
+    """One writer at a time, across this process's threads and across processes.
+
+    SQLite takes one writer at a time, and its waiters sleep (its busy handler,
+    or our polling) instead of being woken: a process that writes often (a busy
+    consumer) re-takes the lock microseconds after releasing it, while the
+    others sleep through the gap, and the web starved. Writers therefore queue
+    on a thread lock, then on an flock() of a file beside the database: a
+    blocked flock() is woken by the kernel the moment the holder lets go.
+    Re-entrant, so that a nested write behaves as it did without the lock.
+    """
+
+    def __init__(self, database: str) -> None:
+        self._path = database + ".pa-write-lock"
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._pid = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._depth == 0:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._file(), fcntl.LOCK_UN)
+
+    def _file(self) -> int:
+        # A forked child must not share its parent's open file (and so its lock).
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+
+def _write_lock() -> SqliteWriteLock | None:
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return SqliteWriteLock(url.database)
+
+
+_sqlite_writer = _write_lock()
 
 
 @contextmanager
 def _one_writer(write: bool) -> Iterator[None]:
     if write and _sqlite_writer is not None:
-        with _sqlite_writer:
+        with _sqlite_writer.hold():
             yield
     else:
         yield
