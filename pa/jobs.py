@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -255,6 +255,29 @@ def _claim_statement() -> Any:
 
 
 _CLAIM = _claim_statement()
+
+
+def find_unfinished(
+    conn: Connection, user_id: int, job_type: JobType,
+    matches: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any] | None:
+    """The user's pending or running job of `job_type` (not being cancelled) whose
+    payload `matches`, newest first: a repeated request gets it instead of a twin."""
+    c = jobs_table.c
+    # A user has few unfinished jobs (ix_jobs_user_created finds them); payloads are
+    # JSON, compared in Python rather than with dialect-specific JSON operators.
+    rows = conn.execute(
+        select(*_ALL).where(
+            c.user_id == user_id,
+            c.type == job_type.value,
+            c.status.in_((JobStatus.PENDING.value, JobStatus.PROCESSING.value)),
+            c.cancel_requested.is_(False),
+        ).order_by(c.created_at.desc())
+    ).all()
+    for row in rows:
+        if matches(dict(row.payload or {})):
+            return job_to_dict(row._mapping)
+    return None
 
 
 def _visible_row(job_id: str, user_id: int, is_admin: bool) -> RowMapping:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,35 +12,23 @@ from starlette.routing import BaseRoute, Route
 
 from pa import analytics, db, jobs
 from pa.errors import Invalid
-from pa.models import JobStatus, Role
+from pa.models import Role
 from pa.queue import JobType
 from pa.web.auth import require_user
 from pa.web.responses import accepted, ok
-
-_UNFINISHED = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
 
 
 def _unfinished_job(conn: Connection, scope: analytics.Scope,
                     user_id: int) -> dict[str, Any] | None:
     """The user's pending or running analytics job for the same range, if there is one."""
-    table = jobs.jobs_table
-    # A user has few unfinished jobs (ix_jobs_user_created finds them); the payload is
-    # JSON, compared here rather than with dialect-specific JSON operators in SQL.
-    rows = conn.execute(
-        select(*table.c).where(
-            table.c.user_id == user_id,
-            table.c.type == JobType.MULTI_YEAR_ANALYTICS.value,
-            table.c.status.in_(_UNFINISHED),
-            table.c.cancel_requested.is_(False),
-        ).order_by(table.c.created_at.desc())
-    ).all()
-    for row in rows:
+
+    def same_scope(payload: dict[str, Any]) -> bool:
         try:
-            if analytics.Scope.parse(row.payload or {}) == scope:
-                return jobs.job_to_dict(dict(row._mapping))
+            return analytics.Scope.parse(payload) == scope
         except Invalid:
-            continue
-    return None
+            return False
+
+    return jobs.find_unfinished(conn, user_id, JobType.MULTI_YEAR_ANALYTICS, same_scope)
 
 
 def answer(scope: analytics.Scope, user_id: int, *, start_job: bool = True

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from pa import db, jobs
 from pa.errors import Invalid, Unprocessable
-from pa.models import JobStatus, Review, Role
+from pa.models import Review, Role
 from pa.queue import JobType
 from pa.web.auth import require_user
 from pa.web.responses import accepted, json_body, ok, query_int
@@ -27,7 +27,6 @@ from pa.web.responses import accepted, json_body, ok, query_int
 FIRST_YEAR = 2000
 #: as long as Review.department may be
 MAX_DEPARTMENT = 100
-_UNFINISHED = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
 
 
 def _last_year() -> int:
@@ -92,20 +91,9 @@ def resolve_scope(year: int, department: str | None) -> str | None:
 
 def _unfinished_twin(user_id: int, payload: dict[str, Any]) -> dict[str, Any] | None:
     """The caller's report job for the same scope that is still pending or running."""
-    table = jobs.jobs_table
     with db.read() as conn:
-        rows = conn.execute(
-            select(*table.c).where(
-                table.c.user_id == user_id,
-                table.c.type == JobType.GENERATE_REPORT.value,
-                table.c.status.in_(_UNFINISHED),
-                table.c.cancel_requested.is_(False),
-            ).order_by(table.c.created_at.desc())
-        ).all()
-    for row in rows:
-        if (row.payload or {}) == payload:
-            return jobs.job_to_dict(dict(row._mapping))
-    return None
+        return jobs.find_unfinished(conn, user_id, JobType.GENERATE_REPORT,
+                                    lambda other: other == payload)
 
 
 def start_report(user_id: int, year: int,
