@@ -36,6 +36,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         time.sleep(interval)
 
 
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+def job_now(job_id: str) -> dict[str, Any]:
+    """The Job object as the API would show it now."""
+    from pa import jobs
+
+    row = jobs.load_row(job_id)
+    assert row is not None, f"job {job_id} is gone"
+    return jobs.job_to_dict(row)
+
+
+def wait_final(job_id: str, timeout: float = 90.0) -> dict[str, Any]:
+    """The job once it has reached a final status (completed, failed or cancelled)."""
+    return wait_for(lambda: (j := job_now(job_id))["status"] in FINAL_STATUSES and j,
+                    timeout=timeout, message=f"job {job_id} to finish")
+
+
 class RedisServer:
     """A redis-server of our own on a free port, keeping nothing on disk."""
 

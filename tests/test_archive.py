@@ -18,35 +18,23 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, func, insert, select, text, update
 
-from pa import archive, db, jobs, reviews
+from pa import archive, db, reviews
 from pa.errors import Conflict, NotFound
 from pa.models import FiscalYear, Job, Review, ReviewStatus, Role, User
 from pa.settings import settings
 from pa.worker import start_embedded, stop_embedded
 from tests.factories import make_review, make_user
-from tests.services import wait_for
+from tests.services import job_now, wait_final, wait_for
 from tests.web_fixtures import app_client, login, user_with_password
 
 ROOT = Path(__file__).resolve().parent.parent
 YEAR = 2025
-FINAL = {"completed", "failed", "cancelled"}
 
 
 @pytest.fixture(autouse=True)
 def no_archives() -> None:
     """Archives of earlier tests (the database is emptied per test, files are not)."""
     shutil.rmtree(settings.data_dir / "archives", ignore_errors=True)
-
-
-def job_row(job_id: str) -> dict[str, Any]:
-    row = jobs.load_row(job_id)
-    assert row is not None
-    return jobs.job_to_dict(row)
-
-
-def wait_final(job_id: str, timeout: float = 30) -> dict[str, Any]:
-    return wait_for(lambda: (j := job_row(job_id))["status"] in FINAL and j,
-                    timeout=timeout, message=f"job {job_id} to finish")
 
 
 def archive_lines(year: int = YEAR) -> list[dict[str, Any]]:
@@ -265,7 +253,7 @@ def test_a_consumer_killed_halfway_leaves_a_job_that_a_rerun_finishes(phase, tmp
             proc.kill()
             proc.wait()
         log.close()
-    killed = job_row(job["id"])
+    killed = job_now(job["id"])
     assert killed["status"] == "processing", (killed, (tmp_path / "consumer.log").read_text())
     part = archived_count()
     if phase == "writing":

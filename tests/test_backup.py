@@ -18,18 +18,17 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from pa import backup, db, jobs
+from pa import backup, db
 from pa.errors import Conflict, Invalid, PermanentJobError
 from pa.models import Job, Review, Role, User
 from pa.queue import JobType, huey
 from pa.settings import settings
 from pa.tasks import backup as backup_task
 from tests.factories import make_review, make_user
-from tests.services import wait_for
+from tests.services import wait_final, wait_for
 from tests.web_fixtures import app_client, login, user_with_password
 
 ROOT = Path(__file__).resolve().parent.parent
-FINAL = {"completed", "failed", "cancelled"}
 sqlite_only = pytest.mark.skipif(not settings.is_sqlite, reason="SQLite backups")
 postgres_only = pytest.mark.skipif(settings.is_sqlite, reason="PostgreSQL backups")
 
@@ -38,16 +37,6 @@ postgres_only = pytest.mark.skipif(settings.is_sqlite, reason="PostgreSQL backup
 def no_backups() -> None:
     """Backups of earlier tests (the database is emptied per test, files are not)."""
     shutil.rmtree(backup.backups_dir(), ignore_errors=True)
-
-
-def wait_final(job_id: str, timeout: float = 60) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
-        row = jobs.load_row(job_id)
-        assert row is not None
-        job = jobs.job_to_dict(row)
-        return job if job["status"] in FINAL else None
-
-    return wait_for(final, timeout=timeout, message=f"job {job_id} to finish")
 
 
 def backup_now(user_id: int | None = None) -> dict[str, Any]:

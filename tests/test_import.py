@@ -32,10 +32,9 @@ from pa.settings import settings
 from pa.tasks.bulk_import import BATCH
 from pa.web.app import create_app
 from tests.factories import make_user
-from tests.services import free_port, wait_for
+from tests.services import free_port, job_now, wait_final, wait_for
 
 HEADER = "email,name,role,department,manager_email"
-FINAL = {"completed", "failed", "cancelled"}
 UPLOADS = settings.data_dir / imports.UPLOADS_DIR
 
 
@@ -63,19 +62,8 @@ def submit_file(content: bytes, user_id: int | None = None, **options: Any) -> d
                        user_id, **options)
 
 
-def job_now(job_id: str) -> dict[str, Any]:
-    row = jobs.load_row(job_id)
-    assert row is not None
-    return jobs.job_to_dict(row)
-
-
-def final(job_id: str, timeout: float = 60) -> dict[str, Any]:
-    return wait_for(lambda: (j := job_now(job_id))["status"] in FINAL and j,
-                    timeout=timeout, message=f"job {job_id} to finish")
-
-
 def run_import(content: bytes, user_id: int | None = None) -> dict[str, Any]:
-    job = final(submit_file(content, user_id)["id"])
+    job = wait_final(submit_file(content, user_id)["id"])
     assert job["status"] == "completed", job
     return job
 
@@ -325,14 +313,14 @@ def test_interrupted_import_resumes_without_duplicates(consumer):
     wait_for(lambda: (job_now(job["id"])["progress"] or {}).get("message", "")
              .startswith("Imported"), timeout=60, message="the write phase")
     jobs.cancel(job["id"], 0, True)
-    stopped = final(job["id"])
+    stopped = wait_final(job["id"])
     assert stopped["status"] == "cancelled", "the import finished before the cancel landed"
     partial = user_count()
     assert 0 < partial < n
     assert list(UPLOADS.iterdir()) != []  # kept for the retry
     # When
     jobs.retry(job["id"], 0, True)
-    done = final(job["id"])
+    done = wait_final(job["id"])
     # Then: every row once, and counts as if it had run in one go
     assert done["status"] == "completed", done
     assert done["result"] == {"created": n, "updated": 0, "rejected": 0, "errors": []}
@@ -391,7 +379,7 @@ def test_a_crash_mid_import_then_a_retry_ends_with_every_row_once(consumer, cras
     victim = [e for e in order if e.startswith(prefix)][-1]
     with failing_insert(victim):
         job = submit_file(content, max_retries=0)
-        failed = final(job["id"])
+        failed = wait_final(job["id"])
         assert failed["status"] == "failed", failed
         assert "simulated crash" in failed["error"]
     # every batch before the failing one committed: managers' first batch (and, for an
@@ -400,7 +388,7 @@ def test_a_crash_mid_import_then_a_retry_ends_with_every_row_once(consumer, cras
     assert list(UPLOADS.iterdir()) != []  # kept for the retry
     # When
     jobs.retry(job["id"], 0, True)
-    done = final(job["id"])
+    done = wait_final(job["id"])
     # Then
     assert done["status"] == "completed", done
     assert done["result"] == {"created": 12_000, "updated": 0, "rejected": 0, "errors": []}
@@ -429,7 +417,7 @@ def test_a_rerun_that_lost_its_checkpoint_still_creates_nothing_twice(consumer):
         conn.execute(update(Job).where(Job.id == job["id"])
                      .values(status="failed", checkpoint=None))
     jobs.retry(job["id"], 0, True)
-    again = final(job["id"])
+    again = wait_final(job["id"])
     # Then
     assert again["status"] == "completed", again
     assert again["result"]["created"] == 0 and again["result"]["updated"] == 5_000
@@ -492,7 +480,7 @@ def test_template_downloads_and_imports_as_is(client, admin, consumer):
     assert response.text == imports.TEMPLATE_CSV
     posted = post_csv(client, headers, response.content)
     assert posted.status_code == 202
-    assert final(posted.json()["jobId"])["result"]["created"] == 3
+    assert wait_final(posted.json()["jobId"])["result"]["created"] == 3
 
 
 def test_old_mac_line_ends_are_accepted(client, admin, consumer):
@@ -500,7 +488,7 @@ def test_old_mac_line_ends_are_accepted(client, admin, consumer):
     content = csv_bytes("cr@example.com,Carriage Return,employee,,").replace(b"\r\n", b"\r")
     response = post_csv(client, headers, content)
     assert response.status_code == 202, response.text
-    assert final(response.json()["jobId"])["result"]["created"] == 1
+    assert wait_final(response.json()["jobId"])["result"]["created"] == 1
 
 
 def test_only_admins_may_import(client):
@@ -630,7 +618,7 @@ def test_declared_length_over_the_limit_is_refused_before_reading(server, admin)
 def test_errors_csv_downloads_through_the_api(client, admin, consumer):
     _, headers = admin
     response = post_csv(client, headers, csv_bytes("bad,Bad,employee,,"))
-    job = final(response.json()["jobId"])
+    job = wait_final(response.json()["jobId"])
     download = client.get(job["downloadUrl"], headers=headers)
     assert download.status_code == 200
     assert download.headers["content-type"].startswith("text/csv")

@@ -25,7 +25,7 @@ from pa.reports import document
 from pa.reports.data import NO_DEPARTMENT, ReviewRow, file_name, slug
 from pa.settings import settings
 from tests.factories import make_review, make_user
-from tests.services import wait_for
+from tests.services import job_now, wait_final, wait_for
 from tests.web_fixtures import app_client
 
 YEAR = 2025
@@ -46,19 +46,6 @@ def bearer(user: User) -> dict[str, str]:
     with db.session_scope() as session:
         session.add(ApiToken(user_id=user.id, token_hash=token_hash, created_at=db.utcnow()))
     return {"Authorization": f"Bearer {token}"}
-
-
-def job_of(job_id: str) -> dict[str, Any]:
-    row = jobs.load_row(job_id)
-    assert row is not None
-    return jobs.job_to_dict(row)
-
-
-def final(job_id: str, timeout: float = 90) -> dict[str, Any]:
-    return wait_for(
-        lambda: (j := job_of(job_id))["status"] in {"completed", "failed", "cancelled"} and j,
-        timeout=timeout, interval=0.05, message=f"job {job_id} to finish",
-    )
 
 
 def pdf_text(path: Path) -> str:
@@ -173,7 +160,7 @@ def test_report_job_writes_the_pdf_with_cover_summaries_reviews_and_page_footers
     body = r.json()
     assert body["success"] is True and body["jobId"] == body["data"]["id"]
     assert body["data"]["type"] == "generate_report" and body["data"]["status"] == "pending"
-    done = final(body["jobId"])
+    done = wait_final(body["jobId"])
     assert done["status"] == "completed", done
     result = done["result"]
     assert result["reviews"] == 29 and result["pages"] >= 4
@@ -229,7 +216,7 @@ def test_department_filter_names_the_file_and_keeps_only_that_department(consume
                     headers=bearer(hr))
     assert r.status_code == 202, r.text
     assert "R&D <Labs>" in r.json()["message"]
-    done = final(r.json()["jobId"])
+    done = wait_final(r.json()["jobId"])
     assert done["status"] == "completed", done
     assert done["result"]["reviews"] == 3
     _, relative = jobs.result_file(done["id"], hr.id, True)
@@ -243,7 +230,7 @@ def test_a_year_without_reviews_at_run_time_gives_a_cover_only_report(consumer):
     # The route refuses such a year; a job may still meet one (reviews deleted since).
     hr = make_user(Role.HR_ADMIN)
     job = jobs.submit(JobType.GENERATE_REPORT, {"fiscalYear": 2011}, hr.id)
-    done = final(job["id"])
+    done = wait_final(job["id"])
     assert done["status"] == "completed", done
     assert done["result"]["reviews"] == 0
     _, relative = jobs.result_file(done["id"], hr.id, False)
@@ -253,7 +240,7 @@ def test_a_year_without_reviews_at_run_time_gives_a_cover_only_report(consumer):
 def test_a_malformed_payload_fails_at_once_without_retries(consumer):
     hr = make_user(Role.HR_ADMIN)
     job = jobs.submit(JobType.GENERATE_REPORT, {"fiscalYear": "2025"}, hr.id)
-    done = final(job["id"])
+    done = wait_final(job["id"])
     assert done["status"] == "failed" and done["attempts"] == 1
     assert "fiscalYear must be a whole number" in done["error"]
 
@@ -263,12 +250,12 @@ def test_cancelling_while_rendering_stops_the_workers_and_leaves_no_file(consume
     hr = make_user(Role.HR_ADMIN)
     company(75, words=120)
     job = jobs.submit(JobType.GENERATE_REPORT, {"fiscalYear": YEAR}, hr.id)
-    wait_for(lambda: (job_of(job["id"])["progress"] or {}).get("message", "")
+    wait_for(lambda: (job_now(job["id"])["progress"] or {}).get("message", "")
              .startswith("Rendering"), timeout=60, interval=0.02, message="rendering")
     # When
     jobs.cancel(job["id"], hr.id, False)
     # Then
-    done = final(job["id"])
+    done = wait_final(job["id"])
     assert done["status"] == "cancelled", done
     assert done["result"] is None and done["downloadUrl"] is None
     folder = settings.data_dir / "reports" / job["id"]
@@ -290,7 +277,7 @@ def test_a_second_run_after_a_crash_replaces_what_the_first_left(consumer):
     # When
     jobs.dispatch(job)
     # Then
-    done = final(job["id"])
+    done = wait_final(job["id"])
     assert done["status"] == "completed", done
     assert [p.name for p in folder.iterdir()] == [f"pa-report-FY{YEAR}.pdf"]
     path = folder / f"pa-report-FY{YEAR}.pdf"

@@ -8,20 +8,7 @@ from pa import jobs
 from pa.models import ReviewStatus, Role
 from pa.queue import JobType
 from tests.factories import make_review, make_user
-from tests.services import wait_for
-
-
-def _job(job_id: str) -> dict[str, Any]:
-    row = jobs.load_row(job_id)
-    assert row is not None
-    return jobs.job_to_dict(row)
-
-
-def _final(job_id: str, timeout: float = 20) -> dict[str, Any]:
-    return wait_for(
-        lambda: (j := _job(job_id))["status"] in {"completed", "failed", "cancelled"} and j,
-        timeout=timeout, message=f"job {job_id} to finish",
-    )
+from tests.services import wait_final
 
 
 def _setup() -> tuple[Any, Any, list[Any]]:
@@ -40,7 +27,7 @@ def test_email_job_completes_and_every_hr_admin_gets_the_mail(consumer, smtp_ser
                       {"kind": "review_submitted", "reviewId": review.id}, manager.id)
     # Then
     assert job["status"] == "pending" and job["version"] == 1
-    done = _final(job["id"])
+    done = wait_final(job["id"])
     assert done["status"] == "completed", done
     assert done["result"] == {"sent": 2}
     assert done["attempts"] == 1
