@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         consumer.run()
     finally:
         maintenance.stop()
+        from pa import events
+
+        events.flush()  # held events (os._exit below skips atexit)
     # After an immediate stop (SIGTERM) a worker thread may still be inside a
     # task whose job was just sent back to the queue; exiting the interpreter
     # normally would wait for it (and let it finish work that will run again).

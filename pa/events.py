@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
+import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -34,7 +37,7 @@ def job_event(job: dict[str, Any]) -> str:
 
 
 class Bus(Protocol):
-    def publish(self, message: str) -> None: ...
+    def publish(self, *messages: str) -> None: ...
 
     def listen(self, on_subscribed: Callable[[], None]) -> AsyncIterator[str]: ...
 
@@ -47,9 +50,33 @@ class RedisBus:
     def __init__(self, url: str) -> None:
         self.url = url
         self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._local = threading.local()
 
-    def publish(self, message: str) -> None:
-        self._client.publish(JOBS_CHANNEL, message)
+    def publish(self, *messages: str) -> None:
+        # Each thread keeps one connection of the pool and talks on it directly,
+        # several messages in one round trip: the client's per-command machinery
+        # (pool checkout, retry and telemetry wrappers) cost as much CPU as the
+        # round trip itself.
+        conn = self._connection()
+        commands = [("PUBLISH", JOBS_CHANNEL, m) for m in messages]
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            # E.g. Redis restarted: once more on a new connection (a message
+            # sent twice is harmless: clients keep the highest version).
+            conn.disconnect()
+            conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                conn.read_response()
+
+    def _connection(self) -> Any:
+        held = getattr(self._local, "held", None)
+        if held is None or held[0] != os.getpid():  # first use, or a forked child
+            held = (os.getpid(), self._client.connection_pool.get_connection())
+            self._local.held = held
+        return held[1]
 
     async def listen(self, on_subscribed: Callable[[], None]) -> AsyncIterator[str]:
         client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5)
@@ -91,14 +118,15 @@ class LocalBus:
         self._lock = threading.Lock()
         self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str]]] = []
 
-    def publish(self, message: str) -> None:
+    def publish(self, *messages: str) -> None:
         with self._lock:
             listeners = list(self._listeners)
         for loop, queue in listeners:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, message)
-            except RuntimeError:  # its loop has closed
-                pass
+            for message in messages:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, message)
+                except RuntimeError:  # its loop has closed
+                    break
 
     async def listen(self, on_subscribed: Callable[[], None]) -> AsyncIterator[str]:
         entry = (asyncio.get_running_loop(), asyncio.Queue[str]())
@@ -124,8 +152,84 @@ bus: Bus = create_bus()
 
 
 def publish(message: str) -> None:
-    """Send an event; a failure is logged, never raised (the Job row stays the truth)."""
+    """Send an event (after this thread's held one); a failure is logged, never
+    raised (the Job row stays the truth)."""
+    held = _held.take()
+    _send(*held, message)
+
+
+def _send(*messages: str) -> None:
     try:
-        bus.publish(message)
+        bus.publish(*messages)
     except Exception as exc:
         log.warning("event not published (%s); clients heal from their next snapshot", exc)
+
+
+#: how long a held event may wait for the next event of its thread
+HOLD_SECONDS = 0.02
+
+
+def hold(message: str) -> None:
+    """Publish `message` with this thread's next event, or after HOLD_SECONDS.
+
+    For the claim's `processing` event: most jobs finish within milliseconds,
+    and their two events then travel in one round trip instead of two. A job
+    that runs longer shows `processing` at most HOLD_SECONDS (plus one tick of
+    the flusher) late. Events of one thread keep their order.
+    """
+    earlier = _held.put(message)
+    if earlier is not None:
+        _send(earlier)
+
+
+def flush() -> None:
+    """Publish every held event now (before this process exits)."""
+    _held.flush()
+
+
+class _Held:
+    """One held event per thread, and the thread that sends those that wait too long."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_thread: dict[int, tuple[float, str]] = {}
+        self._pid = 0
+
+    def put(self, message: str) -> str | None:
+        """Hold `message` for this thread; returns the one it held before, if any."""
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked child
+                self._pid = os.getpid()
+                self._by_thread.clear()
+                threading.Thread(target=self._flush_forever, daemon=True,
+                                 name="pa-held-events").start()
+            earlier = self._by_thread.pop(threading.get_ident(), None)
+            self._by_thread[threading.get_ident()] = (time.monotonic() + HOLD_SECONDS, message)
+        return earlier[1] if earlier else None
+
+    def take(self) -> tuple[str, ...]:
+        """This thread's held event (to send before its next one), if any."""
+        if not self._by_thread:  # the usual case outside the consumer: no lock
+            return ()
+        with self._lock:
+            held = self._by_thread.pop(threading.get_ident(), None)
+        return (held[1],) if held else ()
+
+    def flush(self, only_due: bool = False) -> None:
+        # Sent while holding the lock: a thread that publishes meanwhile waits,
+        # so that its next event cannot overtake the held one.
+        with self._lock:
+            now = time.monotonic()
+            due = [t for t, (deadline, _) in self._by_thread.items()
+                   if not only_due or deadline <= now]
+            if due:
+                _send(*(self._by_thread.pop(t)[1] for t in due))
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(HOLD_SECONDS / 2)
+            self.flush(only_due=True)
+
+
+_held = _Held()
+atexit.register(flush)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+from huey.storage import RedisPriorityQueue
 from sqlalchemy import (
     Connection,
     RowMapping,
@@ -28,6 +29,7 @@ from pa import db, events
 from pa.errors import Conflict, Invalid, NotFound
 from pa.models import FINAL_STATUSES, Job, JobStatus
 from pa.queue import JOB_SPECS, JobType, huey
+from pa.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ _ALL = tuple(jobs_table.c)
 _FINAL = tuple(s.value for s in FINAL_STATUSES)
 # Built once and run with a parameter dict: building (and cache-keying) an INSERT
 # with .values() on every call cost about as much as the insert itself.
-_INSERT = insert(jobs_table).returning(*_ALL)
+_INSERT = db.Prepared(insert(jobs_table).returning(*_ALL))
 
 
 @huey.task(name="pa.run_job")
@@ -104,8 +106,8 @@ def create(
     """Insert a pending job in the caller's transaction; `dispatch()` it after the commit."""
     spec = JOB_SPECS[JobType(job_type)]
     now = db.utcnow()
-    row = conn.execute(
-        _INSERT,
+    row = _INSERT.first(
+        conn,
         {
             "id": uuid.uuid4().hex,
             "type": JobType(job_type).value,
@@ -123,8 +125,9 @@ def create(
             "created_at": now,
             "updated_at": now,
         },
-    ).one()
-    return job_to_dict(row._mapping)
+    )
+    assert row is not None
+    return job_to_dict(row)
 
 
 def enqueue(job_id: str, priority: int, delay: float | None = None) -> bool:
@@ -142,8 +145,42 @@ def dispatch(job: dict[str, Any]) -> None:
     """After the commit that created `job`: announce it, then enqueue it."""
     # Announce first: once enqueued, a worker may claim the job and publish
     # version 2 before this thread publishes version 1.
-    events.publish(events.job_event(job))
+    message = events.job_event(job)
+    if _publish_and_enqueue(message, job["id"], job["priority"]):
+        return
+    events.publish(message)
     enqueue(job["id"], job["priority"])
+
+
+class _OnPipeline:
+    """Stands in for Huey's Redis storage so that Huey's own enqueue code
+    (`RedisPriorityQueue.enqueue`: the ordering prefix, the score) writes to a
+    pipeline instead of sending a command of its own."""
+
+    def __init__(self, queue_key: str, pipe: Any) -> None:
+        self.queue_key = queue_key
+        self.conn = pipe
+
+
+def _publish_and_enqueue(message: str, job_id: str, priority: int) -> bool:
+    """The event and the task in one Redis round trip (the hot path of every
+    submit); False when the bus and the queue are not one Redis, and the caller
+    sends them one at a time."""
+    storage = huey.storage
+    bus = events.bus
+    if not (isinstance(storage, RedisPriorityQueue) and isinstance(bus, events.RedisBus)
+            and bus.url == settings.redis_url):
+        return False
+    try:
+        data = huey.serialize_task(run_job.s(job_id, id=job_id, priority=priority))
+        pipe = storage.conn.pipeline(transaction=False)
+        pipe.publish(events.JOBS_CHANNEL, message)
+        RedisPriorityQueue.enqueue(_OnPipeline(storage.queue_key, pipe), data, priority)
+        pipe.execute()
+    except Exception as exc:
+        # As in enqueue(): the row is committed and pending, the reaper enqueues it.
+        log.warning("job %s not enqueued (%s); the reaper will retry", job_id, exc)
+    return True
 
 
 def submit(
@@ -175,11 +212,20 @@ def _change_statement(values: tuple[str, ...], expect: tuple[str, ...],
                     **{k: bindparam(f"v_{k}", type_=c[k].type) for k in values})
             .returning(*_ALL)
         )
+        # An IN list's length is only known when it runs: Prepared cannot take it.
+        stmt = stmt if with_status else db.Prepared(stmt)
         _CHANGE_STATEMENTS[key] = stmt
     return stmt
 
 
 _CHANGE_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def _change_row(conn: Connection, stmt: Any, params: dict[str, Any]) -> Mapping[str, Any] | None:
+    if isinstance(stmt, db.Prepared):
+        return stmt.first(conn, params)
+    row = conn.execute(stmt, params).first()
+    return cast(Mapping[str, Any], row._mapping) if row is not None else None
 
 
 def change(
@@ -203,28 +249,27 @@ def change(
     if expect_status:
         params["w_statuses"] = list(expect_status)
     if conn is not None:
-        row = conn.execute(stmt, params).first()
-        return job_to_dict(row._mapping) if row else None
+        row = _change_row(conn, stmt, params)
+        return job_to_dict(row) if row is not None else None
     with db.begin() as own:
-        row = own.execute(stmt, params).first()
+        row = _change_row(own, stmt, params)
     if row is None:
         return None
-    job = job_to_dict(row._mapping)
+    job = job_to_dict(row)
     events.publish(events.job_event(job))
     return job
 
 
-_LOAD = select(*_ALL).where(jobs_table.c.id == bindparam("id"))
+_LOAD = db.Prepared(select(*_ALL).where(jobs_table.c.id == bindparam("id")))
 
 
-def load_row(job_id: str) -> RowMapping | None:
+def load_row(job_id: str) -> Mapping[str, Any] | None:
     """The raw row of a job (worker side: payload, checkpoint, worker id...)."""
     with db.read() as conn:
-        row = conn.execute(_LOAD, {"id": job_id}).first()
-    return row._mapping if row else None
+        return _LOAD.first(conn, {"id": job_id})
 
 
-def claim(job_id: str, worker_id: str) -> RowMapping | None:
+def claim(job_id: str, worker_id: str) -> Mapping[str, Any] | None:
     """pending → processing, compare-and-set, one statement: a second delivery gets None.
 
     A delivery before the job's `run_after` (an early duplicate of a retry) gets
@@ -232,11 +277,12 @@ def claim(job_id: str, worker_id: str) -> RowMapping | None:
     """
     now = db.utcnow()
     with db.begin() as conn:
-        row = conn.execute(_CLAIM, {"c_id": job_id, "c_now": now, "c_worker": worker_id}).first()
+        row = _CLAIM.first(conn, {"c_id": job_id, "c_now": now, "c_worker": worker_id})
     if row is None:
         return None
-    events.publish(events.job_event(job_to_dict(row._mapping)))
-    return row._mapping
+    # Held, not sent: a short job's next change carries it (events.hold).
+    events.hold(events.job_event(job_to_dict(row)))
+    return row
 
 
 def _claim_statement() -> Any:
@@ -254,7 +300,7 @@ def _claim_statement() -> Any:
     )
 
 
-_CLAIM = _claim_statement()
+_CLAIM = db.Prepared(_claim_statement())
 
 
 def find_unfinished(
@@ -280,7 +326,7 @@ def find_unfinished(
     return None
 
 
-def _visible_row(job_id: str, user_id: int, is_admin: bool) -> RowMapping:
+def _visible_row(job_id: str, user_id: int, is_admin: bool) -> Mapping[str, Any]:
     row = load_row(job_id)
     if row is None or not (is_admin or row["user_id"] == user_id):
         # Not 403: whether someone else's job exists is not the caller's business.

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import RowMapping
 
 from pa import db, heartbeat, jobs
 from pa.errors import JobCancelled, JobLost, JobTimedOut, PermanentJobError
@@ -28,7 +26,7 @@ CHECK_INTERVAL = 0.5
 class JobContext:
     """What a task handler gets: its job's data, progress, checks and files."""
 
-    def __init__(self, row: RowMapping, worker_id: str) -> None:
+    def __init__(self, row: Mapping[str, Any], worker_id: str) -> None:
         self.job_id: str = row["id"]
         self.type = JobType(row["type"])
         self.payload: dict[str, Any] = dict(row["payload"] or {})
@@ -154,7 +152,7 @@ def execute(job_id: str) -> None:
         heartbeat.running.discard(job_id)
 
 
-def _run(ctx: JobContext, row: RowMapping, handler: Handler) -> None:
+def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
     owner = ctx._owner
     try:
         result = handler(ctx)
@@ -189,7 +187,7 @@ def _run(ctx: JobContext, row: RowMapping, handler: Handler) -> None:
     )
 
 
-def _failed(ctx: JobContext, row: RowMapping, exc: Exception) -> None:
+def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception) -> None:
     error = _describe(exc)
     retryable = not isinstance(exc, PermanentJobError)
     retry_number = ctx.attempt - row["retry_base"]

@@ -15,7 +15,7 @@ from huey.signals import SIGNAL_INTERRUPTED
 from sqlalchemy import func, select
 
 import pa.tasks  # noqa: F401  (registers every handler)
-from pa import db, heartbeat, jobs, retention
+from pa import db, events, heartbeat, jobs, retention
 from pa.events import key
 from pa.models import Job, JobStatus
 from pa.queue import huey
@@ -217,3 +217,4 @@ def stop_embedded(consumer: EmbeddedConsumer, maintenance: Maintenance) -> None:
     consumer.stop(graceful=True)
     huey.notify_interrupted_tasks()
     maintenance.stop()
+    events.flush()

@@ -1,0 +1,147 @@
+"""The hot path's shortcuts give the same results as the general path: prepared
+statements against SQLAlchemy's own execution, held events against plain publishing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import exc, func, insert, select
+
+from pa import db, events, jobs
+from pa.events import JOBS_CHANNEL
+from pa.models import Job
+from pa.queue import JobType
+from tests.services import RedisServer, wait_for
+
+_INSERT = insert(jobs.jobs_table).returning(*jobs.jobs_table.c)
+
+
+def _values(**overrides: Any) -> dict[str, Any]:
+    now = db.utcnow()
+    values: dict[str, Any] = {
+        "id": f"fast{time.perf_counter_ns()}", "type": JobType.DATABASE_BACKUP.value,
+        "status": "pending", "priority": 1, "user_id": None,
+        "payload": {"ünïcode": "✓", "n": [1, 2.5, None]}, "attempts": 0, "max_retries": 2,
+        "retry_base": 0, "time_limit": 60, "cancel_requested": False, "version": 1,
+        "created_at": now, "updated_at": now,
+    }
+    values.update(overrides)
+    return values
+
+
+def test_a_prepared_insert_returns_what_sqlalchemy_returns() -> None:
+    prepared = db.Prepared(_INSERT)
+    a = _values()
+    b = dict(a, id=a["id"] + "b", result={"a": 1}, run_after=db.utcnow())
+    with db.begin() as conn:
+        fast = prepared.first(conn, a)
+        slow = dict(conn.execute(_INSERT, b).one()._mapping)
+    assert fast is not None
+    assert fast.keys() == slow.keys()
+    for key in fast:
+        if key in ("id", "result", "run_after"):
+            continue
+        assert fast[key] == slow[key], key
+        assert type(fast[key]) is type(slow[key]), key
+    assert fast["created_at"].tzinfo is not None
+    assert fast["payload"] == {"ünïcode": "✓", "n": [1, 2.5, None]}
+    assert fast["cancel_requested"] is False
+    # Columns left out are SQL NULL, as with Connection.execute(), not JSON 'null'.
+    with db.read() as conn:
+        nulls = conn.execute(
+            select(func.count()).select_from(Job)
+            .where(Job.id == a["id"], Job.result.is_(None), Job.checkpoint.is_(None))
+        ).scalar_one()
+    assert nulls == 1
+    assert jobs.job_to_dict(fast)["runAfter"] is None
+
+
+def test_a_prepared_statement_raises_sqlalchemys_exceptions() -> None:
+    prepared = db.Prepared(_INSERT)
+    values = _values(dedupe_key=f"slot-{time.perf_counter_ns()}")
+    with db.begin() as conn:
+        prepared.first(conn, values)
+    twin = dict(values, id=values["id"] + "-twin")
+    with pytest.raises(exc.IntegrityError), db.begin() as conn:
+        prepared.first(conn, twin)
+    assert jobs.load_row(twin["id"]) is None
+
+
+def test_a_prepared_select_reads_none_for_a_missing_row() -> None:
+    assert jobs.load_row("no-such-job") is None
+
+
+# -- held events ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def channel(redis_server: RedisServer) -> Iterator[list[str]]:
+    """Every message on the jobs channel, in arrival order (a real subscriber)."""
+    seen: list[str] = []
+    client = redis.Redis.from_url(redis_server.url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(JOBS_CHANNEL)
+    wait_for(lambda: pubsub.get_message(timeout=0.1), timeout=5, message="the subscription")
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if msg is not None:
+                seen.append(msg["data"].decode())
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    yield seen
+    stop.set()
+    thread.join(timeout=5)
+    pubsub.close()
+    client.close()
+
+
+def test_a_held_event_travels_before_the_next_one(channel: list[str]) -> None:
+    events.hold("held-1")
+    events.publish("next-1")
+    wait_for(lambda: len(channel) >= 2, timeout=5, message="two events")
+    assert channel[:2] == ["held-1", "next-1"]
+
+
+def test_a_held_event_is_sent_alone_when_nothing_follows(channel: list[str]) -> None:
+    events.hold("lonely")
+    wait_for(lambda: "lonely" in channel, timeout=5, message="the held event")
+
+
+def test_a_second_hold_sends_the_first(channel: list[str]) -> None:
+    events.hold("first")
+    events.hold("second")
+    wait_for(lambda: "second" in channel, timeout=5, message="both events")
+    assert channel.index("first") < channel.index("second")
+
+
+def test_threads_keep_their_own_order(channel: list[str]) -> None:
+    def worker(name: str) -> None:
+        for i in range(50):
+            events.hold(f"{name}:{i}:held")
+            events.publish(f"{name}:{i}:next")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for(lambda: len(channel) >= 300, timeout=10, message="300 events")
+    for name in ("a", "b", "c"):
+        mine = [m for m in channel if m.startswith(f"{name}:")]
+        expected = [f"{name}:{i}:{k}" for i in range(50) for k in ("held", "next")]
+        assert mine == expected
+
+
+def test_flush_sends_what_is_held(channel: list[str]) -> None:
+    events.hold("at-exit")
+    events.flush()
+    wait_for(lambda: "at-exit" in channel, timeout=2, message="the flushed event")
