@@ -83,10 +83,16 @@ class SqliteWriteLock:
         self._pid = 0
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        with self._thread_lock:
+    def hold(self, wait: bool = True) -> Iterator[None]:
+        """Hold the lock; with wait=False, raise WriterBusy instead of waiting."""
+        if not self._thread_lock.acquire(blocking=wait):
+            raise WriterBusy()
+        try:
             if self._depth == 0:
-                fcntl.flock(self._file(), fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(self._file(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    raise WriterBusy() from None
             self._depth += 1
             try:
                 yield
@@ -94,6 +100,8 @@ class SqliteWriteLock:
                 self._depth -= 1
                 if self._depth == 0:
                     fcntl.flock(self._file(), fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
     def _file(self) -> int:
         # A forked child must not share its parent's open file (and so its lock).
@@ -113,10 +121,33 @@ def _write_lock() -> SqliteWriteLock | None:
 _sqlite_writer = _write_lock()
 
 
+class WriterBusy(Exception):
+    """Another writer holds SQLite's write lock, and this one was told not to wait."""
+
+
+_no_wait = threading.local()
+
+#: SQLite runs inside this process: a short statement costs less than handing it to
+#: a thread, and a read never waits (WAL). PostgreSQL is a network round trip away.
+RUNS_INLINE = engine.url.get_backend_name() == "sqlite"
+
+
+@contextmanager
+def without_waiting() -> Iterator[None]:
+    """In this block, a write that would wait for the write lock raises WriterBusy
+    before it starts (for work on an event loop, which must not block)."""
+    before = getattr(_no_wait, "on", False)
+    _no_wait.on = True
+    try:
+        yield
+    finally:
+        _no_wait.on = before
+
+
 @contextmanager
 def _one_writer(write: bool) -> Iterator[None]:
     if write and _sqlite_writer is not None:
-        with _sqlite_writer.hold():
+        with _sqlite_writer.hold(wait=not getattr(_no_wait, "on", False)):
             yield
     else:
         yield
@@ -153,6 +184,42 @@ def read() -> Iterator[Connection]:
             yield conn
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A transaction on a pooled DB-API connection, for Prepared statements only."""
+
+    dialect: Any
+    dbapi_connection: Any
+
+
+@contextmanager
+def raw_begin(write: bool = True) -> Iterator[Raw]:
+    """begin() (or read(), write=False) without SQLAlchemy's Connection around it.
+
+    For the hot paths that run only Prepared statements: checking a Connection
+    out, wrapping it and committing through it cost about as much as the
+    statement itself. Same lock, same pool, same BEGIN IMMEDIATE on SQLite.
+    """
+    with _one_writer(write):
+        pooled = engine.raw_connection()
+        try:
+            dbapi_conn: Any = pooled.dbapi_connection
+            if _IS_SQLITE:
+                # With the driver's own transactions off (make_engine), BEGIN is ours.
+                dbapi_conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield Raw(engine.dialect, dbapi_conn)
+            except BaseException:
+                dbapi_conn.rollback()
+                raise
+            dbapi_conn.commit()
+        finally:
+            pooled.close()
+
+
+_IS_SQLITE = engine.url.get_backend_name() == "sqlite"
+
+
 class Prepared:
     """A Core statement compiled once, run on the transaction's DB-API connection.
 
@@ -171,7 +238,7 @@ class Prepared:
         self.statement = statement
         self._plan: _Plan | None = None
 
-    def _compile(self, conn: Connection) -> _Plan:
+    def _compile(self, conn: Connection | Raw) -> _Plan:
         dialect = conn.dialect
         compiled: Any = self.statement.compile(dialect=dialect)
         wanted = [b.key for b in compiled.binds.values() if b.value is None and b.callable is None]
@@ -198,7 +265,7 @@ class Prepared:
         self._plan = plan  # one assignment: other threads see the old plan or this one
         return plan
 
-    def _cursor(self, conn: Connection, params: dict[str, Any]) -> tuple[_Plan, Any]:
+    def _cursor(self, conn: Connection | Raw, params: dict[str, Any]) -> tuple[_Plan, Any]:
         plan = self._plan
         if plan is None or plan.dialect != conn.dialect.name:
             plan = self._compile(conn)
@@ -208,7 +275,8 @@ class Prepared:
             process = bind.get(name)
             values[name] = process(value) if process is not None else value
         args: Any = values if plan.order is None else [values[n] for n in plan.order]
-        dbapi_conn: Any = conn.connection.dbapi_connection
+        dbapi_conn: Any = (conn.dbapi_connection if isinstance(conn, Raw)
+                           else conn.connection.dbapi_connection)
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute(plan.sql, args)
@@ -220,7 +288,7 @@ class Prepared:
                                       dialect=conn.dialect) from exc
         return plan, cursor
 
-    def first(self, conn: Connection, params: dict[str, Any]) -> dict[str, Any] | None:
+    def first(self, conn: Connection | Raw, params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row the statement returns, as a dict, or None."""
         plan, cursor = self._cursor(conn, params)
         try:
@@ -232,7 +300,7 @@ class Prepared:
         return {key: (f(v) if f is not None else v)
                 for (key, f), v in zip(plan.columns, raw, strict=True)}
 
-    def rowcount(self, conn: Connection, params: dict[str, Any]) -> int:
+    def rowcount(self, conn: Connection | Raw, params: dict[str, Any]) -> int:
         """Run a statement without rows; the number of rows it changed."""
         _plan, cursor = self._cursor(conn, params)
         try:

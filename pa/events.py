@@ -154,8 +154,12 @@ bus: Bus = create_bus()
 def publish(message: str) -> None:
     """Send an event (after this thread's held one); a failure is logged, never
     raised (the Job row stays the truth)."""
-    held = _held.take()
-    _send(*held, message)
+    _send(*take_held(), message)
+
+
+def take_held() -> tuple[str, ...]:
+    """This thread's held event, if any, for a caller that sends it before its own."""
+    return _held.take()
 
 
 def _send(*messages: str) -> None:

@@ -94,7 +94,7 @@ def job_to_dict(row: RowMapping | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def create(
-    conn: Connection,
+    conn: Connection | db.Raw,
     job_type: JobType,
     payload: dict[str, Any],
     user_id: int | None,
@@ -145,11 +145,25 @@ def dispatch(job: dict[str, Any]) -> None:
     """After the commit that created `job`: announce it, then enqueue it."""
     # Announce first: once enqueued, a worker may claim the job and publish
     # version 2 before this thread publishes version 1.
-    message = events.job_event(job)
-    if _publish_and_enqueue(message, job["id"], job["priority"]):
+    if one_redis():
+        try:
+            pipe = huey.storage.conn.pipeline(transaction=False)
+            queue_commands(pipe, job)
+            pipe.execute()
+        except Exception as exc:
+            # As in enqueue(): the row is committed and pending, the reaper enqueues it.
+            log.warning("job %s not enqueued (%s); the reaper will retry", job["id"], exc)
         return
-    events.publish(message)
+    events.publish(events.job_event(job))
     enqueue(job["id"], job["priority"])
+
+
+def one_redis() -> bool:
+    """Whether the event bus and Huey's queue are the same Redis: then a job's
+    event and its task go in one round trip (the hot path of every submit)."""
+    bus = events.bus
+    return (isinstance(huey.storage, RedisPriorityQueue) and isinstance(bus, events.RedisBus)
+            and bus.url == settings.redis_url)
 
 
 class _OnPipeline:
@@ -162,25 +176,14 @@ class _OnPipeline:
         self.conn = pipe
 
 
-def _publish_and_enqueue(message: str, job_id: str, priority: int) -> bool:
-    """The event and the task in one Redis round trip (the hot path of every
-    submit); False when the bus and the queue are not one Redis, and the caller
-    sends them one at a time."""
-    storage = huey.storage
-    bus = events.bus
-    if not (isinstance(storage, RedisPriorityQueue) and isinstance(bus, events.RedisBus)
-            and bus.url == settings.redis_url):
-        return False
-    try:
-        data = huey.serialize_task(run_job.s(job_id, id=job_id, priority=priority))
-        pipe = storage.conn.pipeline(transaction=False)
+def queue_commands(pipe: Any, job: dict[str, Any]) -> None:
+    """Add the job's event (after this thread's held one) and its Huey task to a
+    Redis pipeline, blocking or asyncio; only when one_redis()."""
+    for message in (*events.take_held(), events.job_event(job)):
         pipe.publish(events.JOBS_CHANNEL, message)
-        RedisPriorityQueue.enqueue(_OnPipeline(storage.queue_key, pipe), data, priority)
-        pipe.execute()
-    except Exception as exc:
-        # As in enqueue(): the row is committed and pending, the reaper enqueues it.
-        log.warning("job %s not enqueued (%s); the reaper will retry", job_id, exc)
-    return True
+    data = huey.serialize_task(run_job.s(job["id"], id=job["id"], priority=job["priority"]))
+    storage: Any = huey.storage
+    RedisPriorityQueue.enqueue(_OnPipeline(storage.queue_key, pipe), data, job["priority"])
 
 
 def submit(
@@ -235,11 +238,14 @@ def change(
     expect: dict[str, Any] | None = None,
     expect_status: tuple[str, ...] | None = None,
     conn: Connection | None = None,
+    publish: bool = True,
 ) -> dict[str, Any] | None:
     """Change a job row if it matches `expect`; bump version, commit, publish.
 
     Returns the new Job object, or None when the row did not match (someone
     else changed it first). With `conn`, the caller commits and must publish.
+    publish=False is for throttled progress only: a status change is always
+    published.
     """
     expect = expect or {}
     stmt = _change_statement(tuple(values), tuple(expect), bool(expect_status))
@@ -251,12 +257,17 @@ def change(
     if conn is not None:
         row = _change_row(conn, stmt, params)
         return job_to_dict(row) if row is not None else None
-    with db.begin() as own:
-        row = _change_row(own, stmt, params)
+    if isinstance(stmt, db.Prepared):
+        with db.raw_begin() as raw:
+            row = stmt.first(raw, params)
+    else:
+        with db.begin() as own:
+            row = _change_row(own, stmt, params)
     if row is None:
         return None
     job = job_to_dict(row)
-    events.publish(events.job_event(job))
+    if publish:
+        events.publish(events.job_event(job))
     return job
 
 
@@ -265,7 +276,7 @@ _LOAD = db.Prepared(select(*_ALL).where(jobs_table.c.id == bindparam("id")))
 
 def load_row(job_id: str) -> Mapping[str, Any] | None:
     """The raw row of a job (worker side: payload, checkpoint, worker id...)."""
-    with db.read() as conn:
+    with db.raw_begin(write=False) as conn:
         return _LOAD.first(conn, {"id": job_id})
 
 
@@ -276,7 +287,7 @@ def claim(job_id: str, worker_id: str) -> Mapping[str, Any] | None:
     None too: the scheduled delivery will come.
     """
     now = db.utcnow()
-    with db.begin() as conn:
+    with db.raw_begin() as conn:
         row = _CLAIM.first(conn, {"c_id": job_id, "c_now": now, "c_worker": worker_id})
     if row is None:
         return None

@@ -9,7 +9,7 @@ nobody, so they see their own only.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -153,19 +153,26 @@ def submit_to_hr(user_id: int, role: Role, review_id: int) -> dict[str, Any]:
     The review's change and the job's row commit together; the job is enqueued
     after the commit. Returns the job.
     """
-    if not 0 < review_id <= MAX_ID:
-        raise NotFound(f"No review {review_id}.")
-    with db.begin() as conn:
-        if not _mark_submitted(conn, user_id, role, review_id):
-            _explain_refusal(conn, user_id, role, review_id)
-        job = jobs.create(
-            conn,
-            JobType.EMAIL_NOTIFICATION,
-            {"kind": "review_submitted", "reviewId": review_id},
-            user_id,
-        )
+    job = record_submit_to_hr(user_id, role, review_id)
     jobs.dispatch(job)
     return job
+
+
+def record_submit_to_hr(user_id: int, role: Role, review_id: int) -> dict[str, Any]:
+    """The database half of submit_to_hr(): the caller dispatches the job it returns."""
+    if not 0 < review_id <= MAX_ID:
+        raise NotFound(f"No review {review_id}.")
+    with db.raw_begin() as conn:
+        if _mark_submitted(conn, user_id, role, review_id):
+            return jobs.create(
+                conn,
+                JobType.EMAIL_NOTIFICATION,
+                {"kind": "review_submitted", "reviewId": review_id},
+                user_id,
+            )
+    # Nothing changed: find out why (rare, so a read of its own).
+    with db.read() as conn:
+        _explain_refusal(conn, user_id, role, review_id)
 
 
 def _submit_statement(as_admin: bool) -> Update:
@@ -197,20 +204,20 @@ def _submit_statement(as_admin: bool) -> Update:
     )
 
 
-_SUBMIT_AS_ADMIN = _submit_statement(as_admin=True)
-_SUBMIT_AS_MANAGER = _submit_statement(as_admin=False)
+_SUBMIT_AS_ADMIN = db.Prepared(_submit_statement(as_admin=True))
+_SUBMIT_AS_MANAGER = db.Prepared(_submit_statement(as_admin=False))
 
 
-def _mark_submitted(conn: Connection, user_id: int, role: Role, review_id: int) -> bool:
+def _mark_submitted(conn: db.Raw, user_id: int, role: Role, review_id: int) -> bool:
     stmt = _SUBMIT_AS_ADMIN if role is Role.ADMIN else _SUBMIT_AS_MANAGER
-    params = {"review_id": review_id, "user_id": user_id, "now": db.utcnow()}
-    if role is Role.ADMIN:
-        del params["user_id"]
-    return conn.execute(stmt, params).rowcount == 1
+    params = {"review_id": review_id, "now": db.utcnow()}
+    if role is not Role.ADMIN:
+        params["user_id"] = user_id
+    return stmt.rowcount(conn, params) == 1
 
 
-def _explain_refusal(conn: Connection, user_id: int, role: Role, review_id: int) -> None:
-    """Raise the error that says why the UPDATE matched nothing (same transaction)."""
+def _explain_refusal(conn: Connection, user_id: int, role: Role, review_id: int) -> NoReturn:
+    """Raise the error that says why the UPDATE matched nothing."""
     row = conn.execute(
         select(
             reviews_table.c.status,
@@ -243,6 +250,5 @@ def _explain_refusal(conn: Connection, user_id: int, role: Role, review_id: int)
             f"Review {review_id} is {row.status}; only a review in manager_review "
             "can be submitted to HR."
         )
-    # Every rule holds now, so the row changed between the UPDATE and this
-    # SELECT: impossible inside one writing transaction, but say something true.
+    # Every rule holds now: the row changed between the UPDATE and this SELECT.
     raise Conflict(f"Review {review_id} changed meanwhile; reload it and try again.")

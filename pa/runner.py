@@ -61,10 +61,12 @@ class JobContext:
         """
         self._progress = (current, total, message)
         now = time.monotonic()
-        if checkpoint is None and not force and now - self._last_progress < PROGRESS_INTERVAL:
+        throttled = not force and now - self._last_progress < PROGRESS_INTERVAL
+        if throttled and checkpoint is None:
             self._check_deadline()
             return
-        self._last_progress = now
+        if not throttled:
+            self._last_progress = now
         values = {
             "progress_current": current,
             "progress_total": total,
@@ -73,7 +75,9 @@ class JobContext:
         }
         if checkpoint is not None:
             self.checkpoint = values["checkpoint"] = checkpoint
-        job = jobs.change(self.job_id, values, expect=self._owner)
+        # A checkpoint is always written; its event only when progress is due
+        # (the next event, or the final one, carries the row as it is by then).
+        job = jobs.change(self.job_id, values, expect=self._owner, publish=not throttled)
         if job is None:
             raise JobLost(self.job_id)
         self._last_check = now

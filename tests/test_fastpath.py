@@ -3,6 +3,7 @@ statements against SQLAlchemy's own execution, held events against plain publish
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import exc, func, insert, select
 
-from pa import db, events, jobs
+from pa import db, events, jobs, runner
 from pa.events import JOBS_CHANNEL
 from pa.models import Job
 from pa.queue import JobType
@@ -145,3 +146,28 @@ def test_flush_sends_what_is_held(channel: list[str]) -> None:
     events.hold("at-exit")
     events.flush()
     wait_for(lambda: "at-exit" in channel, timeout=2, message="the flushed event")
+
+
+def test_a_checkpoint_inside_the_throttle_window_is_written_but_not_published(
+    channel: list[str],
+) -> None:
+    job = jobs.submit(JobType.DATABASE_BACKUP, {}, None)
+    row = jobs.claim(job["id"], "test-worker")
+    assert row is not None
+    ctx = runner.JobContext(row, "test-worker")
+    ctx.progress(1, 3, "one", checkpoint={"n": 1})  # due: written and published
+    ctx.progress(2, 3, "two", checkpoint={"n": 2})  # within the window: written only
+    stored = jobs.load_row(job["id"])
+    assert stored is not None and stored["checkpoint"] == {"n": 2}
+    assert stored["version"] == 4
+
+    def versions() -> list[int]:
+        return [e["data"]["version"] for e in map(json.loads, channel)
+                if e["data"]["id"] == job["id"]]
+
+    wait_for(lambda: 3 in versions(), timeout=5, message="the first progress event")
+    time.sleep(runner.PROGRESS_INTERVAL + 0.1)
+    assert versions() == [1, 2, 3]
+    ctx.progress(3, 3, "three", force=True)
+    wait_for(lambda: 5 in versions(), timeout=5, message="the forced progress event")
+    assert versions() == [1, 2, 3, 5]

@@ -155,9 +155,14 @@ def runs_of(statuses: list[str]) -> list[str]:
 
 
 def assert_event_stream(evs: list[dict[str, Any]], final: dict[str, Any], owner: int) -> None:
-    """Every change was published once, in order, as the whole job of its owner."""
+    """Changes were published once each, in order, as the whole job of its owner.
+
+    A checkpoint written within the progress throttle's window is not published
+    (its version is skipped); the callers check that every status is.
+    """
     versions = [e["version"] for e in evs]
-    assert versions == list(range(1, final["version"] + 1)), versions
+    assert versions[0] == 1 and versions[-1] == final["version"], versions
+    assert versions == sorted(set(versions)), versions
     assert all(e["userId"] == owner for e in evs)
     assert evs[-1] == final
 

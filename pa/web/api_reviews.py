@@ -9,6 +9,7 @@ from starlette.routing import BaseRoute, Route
 
 from pa import reviews
 from pa.web.auth import require_user
+from pa.web.offload import run_db
 from pa.web.responses import accepted, ok, query_int, query_str
 
 
@@ -34,10 +35,12 @@ async def get_review(request: Request) -> Response:
 
 
 async def submit_to_hr(request: Request) -> Response:
-    """The hot path: one threadpool hop for the transaction, the enqueue and the event."""
+    """The hot path: one transaction (on the loop when SQLite's write lock is
+    free), then the event and the enqueue in one Redis round trip."""
     user = await require_user(request)
     review_id: int = request.path_params["review_id"]
-    job = await run_in_threadpool(reviews.submit_to_hr, user.id, user.role, review_id)
+    job = await run_db(reviews.record_submit_to_hr, user.id, user.role, review_id)
+    await request.app.state.dispatcher.dispatch(job)
     return accepted(
         job, f"Review {review_id} is now submitted_to_hr; HR is being notified."
     )

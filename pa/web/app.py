@@ -23,6 +23,7 @@ from pa.errors import PaError
 from pa.settings import settings
 from pa.web import hub, pages
 from pa.web.auth import OriginCheckMiddleware
+from pa.web.offload import Dispatcher
 from pa.web.responses import error, from_error
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -91,13 +92,16 @@ def routes() -> list[BaseRoute]:
 def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
     """The app; its lifespan holds its hub's one event subscription."""
     event_hub = hub.Hub(queue_size=hub_queue_size)
+    dispatcher = Dispatcher()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await event_hub.start()
+        await dispatcher.start()
         try:
             yield
         finally:
+            await dispatcher.stop()
             await event_hub.stop()
 
     app = Starlette(
@@ -116,6 +120,7 @@ def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
         lifespan=lifespan,
     )
     app.state.hub = event_hub
+    app.state.dispatcher = dispatcher
     return app
 
 

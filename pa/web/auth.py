@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select, update
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -16,6 +15,7 @@ from pa.auth_passwords import hash_token, verify_password
 from pa.errors import Forbidden, Unauthorized
 from pa.models import ApiToken, Role, User
 from pa.settings import settings
+from pa.web.offload import run_db
 from pa.web.responses import error
 
 SESSION_KEY = "uid"
@@ -59,7 +59,7 @@ _USER_TABLE_COLS = (_users.c.id, _users.c.email, _users.c.name, _users.c.role,
                     _users.c.department, _users.c.manager_id)
 # Every request runs one of these: built once with bind parameters, Core columns
 # (an ORM-flavoured select costs about four times as much to run here).
-_BY_ID = select(*_USER_TABLE_COLS).where(_users.c.id == bindparam("user_id"))
+_BY_ID = db.Prepared(select(*_USER_TABLE_COLS).where(_users.c.id == bindparam("user_id")))
 _BY_TOKEN = (
     select(*_USER_TABLE_COLS, _tokens.c.id.label("token_id"), _tokens.c.last_used_at)
     .join(_tokens, _tokens.c.user_id == _users.c.id)
@@ -68,9 +68,12 @@ _BY_TOKEN = (
 
 
 def load_by_id(user_id: int) -> Principal | None:
-    with db.read() as conn:
-        row = conn.execute(_BY_ID, {"user_id": user_id}).first()
-    return _principal(row) if row else None
+    with db.raw_begin(write=False) as conn:
+        row = _BY_ID.first(conn, {"user_id": user_id})
+    if row is None:
+        return None
+    return Principal(row["id"], row["email"], row["name"], Role(row["role"]),
+                     row["department"], row["manager_id"])
 
 
 def load_by_token(token: str) -> Principal | None:
@@ -115,11 +118,11 @@ async def current_user(conn: HTTPConnection) -> Principal | None:
     user: Principal | None = None
     token = bearer_token(conn)
     if token is not None:
-        user = await run_in_threadpool(load_by_token, token)
+        user = await run_db(load_by_token, token)
     else:
         uid = conn.session.get(SESSION_KEY) if "session" in conn.scope else None
         if isinstance(uid, int):
-            user = await run_in_threadpool(load_by_id, uid)
+            user = await run_db(load_by_id, uid)
     conn.scope["pa.user"] = user
     return user
 

@@ -1,0 +1,74 @@
+"""Where a route's blocking work runs: on the event loop when it cannot block, else
+in the thread pool; and the async half of dispatching a job.
+
+Handing work to a thread costs more than a short SQLite statement does (the
+hand-over, and the threads' fight for the GIL at load), so with SQLite a route's
+database work runs on the loop whenever it cannot wait: a read (WAL readers never
+wait) or a write whose lock is free. A write that would wait, and everything on
+PostgreSQL, goes to the thread pool as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from starlette.concurrency import run_in_threadpool
+
+from pa import db, jobs
+from pa.settings import settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def run_db(fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(*args)`, database work only (no network calls besides the database).
+
+    `fn` must not have written anything when it raises WriterBusy: one write
+    transaction, or reads before it, so that running it again in a thread is
+    the same as running it once.
+    """
+    if db.RUNS_INLINE:
+        try:
+            with db.without_waiting():
+                return fn(*args)
+        except db.WriterBusy:
+            pass
+    return await run_in_threadpool(fn, *args)
+
+
+class Dispatcher:
+    """jobs.dispatch() without blocking the event loop: the event and the task in
+    one round trip on an asyncio Redis client (one per app, opened by its lifespan).
+    Without one Redis for both (embedded mode) it hands dispatch() to a thread."""
+
+    def __init__(self) -> None:
+        self._client: aioredis.Redis | None = None
+
+    async def start(self) -> None:
+        if jobs.one_redis():
+            assert settings.redis_url
+            self._client = aioredis.Redis.from_url(
+                settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+            )
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def dispatch(self, job: dict[str, Any]) -> None:
+        if self._client is None:
+            await run_in_threadpool(jobs.dispatch, job)
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            jobs.queue_commands(pipe, job)
+            await pipe.execute()
+        except Exception as exc:
+            # The row is committed and pending: the reaper enqueues it again later.
+            log.warning("job %s not enqueued (%s); the reaper will retry", job["id"], exc)
