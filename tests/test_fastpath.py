@@ -171,3 +171,64 @@ def test_a_checkpoint_inside_the_throttle_window_is_written_but_not_published(
     ctx.progress(3, 3, "three", force=True)
     wait_for(lambda: 5 in versions(), timeout=5, message="the forced progress event")
     assert versions() == [1, 2, 3, 5]
+
+
+# -- SQLite work on the event loop ---------------------------------------------------
+
+
+@pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite only: PostgreSQL always uses threads")
+def test_a_write_that_would_wait_raises_writer_busy_before_it_starts() -> None:
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with db.begin():
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        held.wait(5)
+        with pytest.raises(db.WriterBusy), db.without_waiting(), db.raw_begin():
+            pytest.fail("the block must not run while another thread writes")
+        with db.without_waiting(), db.raw_begin(write=False) as conn:  # reads never wait
+            assert jobs._LOAD.first(conn, {"id": "none"}) is None
+    finally:
+        release.set()
+        thread.join()
+    with db.without_waiting(), db.raw_begin():
+        pass  # free again
+
+
+@pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite's write lock")
+def test_submit_to_hr_answers_while_another_writer_holds_the_lock() -> None:
+    """The route's write goes to a thread and waits there, not on the loop."""
+    from pa.models import ReviewStatus, Role
+    from tests.factories import make_review, make_user
+    from tests.web_fixtures import app_client, login, user_with_password
+
+    manager = user_with_password(Role.MANAGER)
+    employee = make_user(Role.EMPLOYEE, manager_id=manager.id)
+    review = make_review(employee, status=ReviewStatus.MANAGER_REVIEW)
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with db.begin():
+            held.set()
+            release.wait(10)
+
+    with app_client() as client:
+        login(client, manager)
+        thread = threading.Thread(target=writer)
+        thread.start()
+        held.wait(5)
+        timer = threading.Timer(0.3, release.set)
+        timer.start()
+        started = time.monotonic()
+        r = client.post(f"/api/reviews/{review.id}/submit-to-hr")
+        waited = time.monotonic() - started
+        thread.join()
+    assert r.status_code == 202, r.text
+    assert waited >= 0.2  # it waited for the other writer instead of failing
+    job = jobs.load_row(r.json()["data"]["id"])
+    assert job is not None and job["status"] in ("pending", "processing", "completed")
