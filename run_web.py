@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     embedded = None
     if settings.embedded:
         from pa import db
-        from pa.models import Base
+        from pa.models import create_schema
         from pa.worker import start_embedded
 
         # Embedded mode needs nothing installed: create the tables if they are missing.
-        Base.metadata.create_all(db.engine)
+        create_schema(db.engine)
         embedded = start_embedded(workers=args.consumer_workers)
         logging.getLogger("pa").info(
             "embedded mode: consumer threads in this process (set PA_REDIS_URL for production)"

@@ -2,8 +2,11 @@
 
 1. drain rate of tracked jobs (2 worker threads) beside raw Huey running a no-op
    task with the same consumer in the same run, and the enqueue rates;
-2. POST /api/reviews/{id}/submit-to-hr at a steady 200 req/s for 10 s (open loop),
-   then 32 clients as fast as answers come (saturation);
+2. POST /api/reviews/{id}/submit-to-hr at a steady 200 req/s for 10 s (open loop)
+   with a consumer (run_consumer.py -w 2) working beside the web process; then 32
+   clients as fast as answers come (saturation), first with the consumer stopped
+   (the web process's own rate and CPU per request), then with it draining on the
+   same two cores;
 3. completion -> WebSocket delivery latency, measured on an admin's socket.
 
 Usage: .venv/bin/python bench/bench_spine.py [--jobs 5000] [--profile]
@@ -16,6 +19,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -176,7 +180,7 @@ def login(port: int, email: str) -> str:
 
 
 async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
-                     web_pid: int) -> list[str]:
+                     web_pid: int, consumer: Consumers) -> list[str]:
     import websockets
 
     manager = login(port, "mgr@bench")
@@ -208,17 +212,28 @@ async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
     r = await open_loop("127.0.0.1", port, 200, 10, make)
     lines.append(f"submit-to-hr, open loop 200 req/s for 10 s: {r.summary()}")
     print(lines[-1], flush=True)
+    # Saturation of the web process alone: the consumer drains gracefully and
+    # stops, the jobs queue up (as they would behind consumers on other cores).
+    await asyncio.to_thread(consumer.stop)
     prof = None
     if profile:
         spy = str(Path(sys.executable).parent / "py-spy")
-        prof = subprocess.Popen([spy, "record", "-d", "8", "-r", "200", "-f", "raw",
+        prof = subprocess.Popen([spy, "record", "--gil", "-d", "8", "-r", "200", "-f", "raw",
                                  "-o", "/tmp/pa-web-profile.txt", "--pid", str(web_pid)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpu0 = process_cpu(web_pid)
     r = await closed_loop("127.0.0.1", port, 32, 10, make)
-    lines.append(f"submit-to-hr, 32 clients closed loop for 10 s: {r.summary()}")
+    cpu = (process_cpu(web_pid) - cpu0) / len(r.latencies) * 1000
+    lines.append(f"submit-to-hr, 32 clients closed loop for 10 s, consumer stopped: "
+                 f"{r.summary()}; web CPU {cpu:.2f} ms/request")
     print(lines[-1], flush=True)
     if prof:
         prof.wait()
+    consumer.start()
+    r = await closed_loop("127.0.0.1", port, 32, 10, make)
+    lines.append(f"submit-to-hr, 32 clients closed loop for 10 s, consumer draining on the "
+                 f"same cores: {r.summary()}")
+    print(lines[-1], flush=True)
     # Let the consumer finish the backlog so that every completion is pushed.
     await asyncio.sleep(1)
     n0 = -1
@@ -235,6 +250,30 @@ async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
             f"p99 {push[int(len(push) * 0.99)] * 1000:.1f} ms, max {push[-1] * 1000:.1f} ms")
         print(lines[-1], flush=True)
     return lines
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Consumers:
+    """run_consumer.py -w 2 in a subprocess, stopped the way operators stop it (SIGINT)."""
+
+    def __init__(self, env: dict[str, str], log: object) -> None:
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "run_consumer.py", "-w", "2"], cwd=ROOT,
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
+            self.proc = None
 
 
 def top_frames(path: str, n: int = 15) -> str:
@@ -279,9 +318,8 @@ def main() -> None:
         web = subprocess.Popen([sys.executable, "run_web.py"], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
         procs.append(web)
-        consumer = subprocess.Popen([sys.executable, "run_consumer.py", "-w", "2"], cwd=ROOT,
-                                    env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(consumer)
+        consumers = Consumers(env, log)
+        consumers.start()
 
         def up() -> bool:
             import http.client
@@ -293,7 +331,10 @@ def main() -> None:
                 return False
 
         wait_for(up, timeout=30, message="web to answer")
-        lines += asyncio.run(http_phase(port, lo, hi, args.profile, web.pid))
+        try:
+            lines += asyncio.run(http_phase(port, lo, hi, args.profile, web.pid, consumers))
+        finally:
+            consumers.stop()
         if args.profile:
             print("web process, self time during saturation (py-spy):")
             print(top_frames("/tmp/pa-web-profile.txt"))

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pa import db
 from pa.errors import PaError
-from pa.models import ApiToken, Base, Role, User
+from pa.models import ApiToken, Role, User, create_schema
 
 Run = Callable[[argparse.Namespace], int | None]
 Argument = tuple[tuple[str, ...], dict[str, Any]]
@@ -163,7 +163,9 @@ def _count(low: int, high: int) -> Callable[[str], int]:
 
 @command("init-db", "create the tables (safe to run again)")
 def init_db(args: argparse.Namespace) -> None:
-    Base.metadata.create_all(db.engine)
+    added = create_schema(db.engine)
+    if added:
+        print(f"Added indexes missing from an older schema: {', '.join(added)}.")
     print(f"Tables ready in {_db_name()}.")
 
 
@@ -282,7 +284,7 @@ def create_token(args: argparse.Namespace) -> None:
 def seed_demo(args: argparse.Namespace) -> None:
     from pa import seed
 
-    Base.metadata.create_all(db.engine)
+    create_schema(db.engine)
     report = seed.seed_demo(args.employees, args.years)
     print(f"Added {report.users_added} users and {report.reviews_added} reviews "
           f"(fiscal years {report.first_year}-{report.last_year}).")

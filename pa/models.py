@@ -86,7 +86,8 @@ class User(Base):
     #: stored lowercased (CLI, import), so that lookups use this unique index
     email: Mapped[str] = mapped_column(String(254), unique=True)
     name: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(20), default=Role.EMPLOYEE.value)
+    #: indexed: every email job looks up the HR admins among all users
+    role: Mapped[str] = mapped_column(String(20), default=Role.EMPLOYEE.value, index=True)
     department: Mapped[str | None] = mapped_column(String(100))
     manager_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), index=True
@@ -202,3 +203,20 @@ class AnalyticsCache(Base):
     fingerprint: Mapped[str] = mapped_column(String(200))
     figures: Mapped[dict[str, Any]] = mapped_column(JSON)
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def create_schema(bind: Any) -> list[str]:
+    """Create missing tables, and the missing indexes of existing tables (which
+    create_all() leaves out); returns the names of the indexes it added."""
+    from sqlalchemy import inspect
+
+    Base.metadata.create_all(bind)
+    inspector = inspect(bind)
+    added = []
+    for table in Base.metadata.sorted_tables:
+        present = {ix["name"] for ix in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                index.create(bind)
+                added.append(str(index.name))
+    return added

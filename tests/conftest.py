@@ -42,9 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
         PA_REAPER_INTERVAL="2",
     )
     from pa import db
-    from pa.models import Base
+    from pa.models import create_schema
 
-    Base.metadata.create_all(db.engine)
+    create_schema(db.engine)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

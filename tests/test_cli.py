@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, inspect, select
 
 from pa import cli, db
 from pa.auth_passwords import verify_password
@@ -43,6 +43,18 @@ def create_user(capsys: pytest.CaptureFixture[str], email: str, *extra: str,
                 role: str = "employee", password: str = "s3cret-pass") -> tuple[int, str, str]:
     return run(capsys, "create-user", "--email", email, "--name", "Ada Lovelace",
                "--role", role, "--password", password, *extra)
+
+
+def test_init_db_adds_an_index_an_older_database_lacks(capsys):
+    # Given: a database made before users.role was indexed
+    with db.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_users_role")
+    # When
+    status, out, _ = run(capsys, "init-db")
+    # Then
+    assert status == 0 and "ix_users_role" in out
+    assert "ix_users_role" in {ix["name"] for ix in inspect(db.engine).get_indexes("users")}
+    assert "ix_users_role" not in run(capsys, "init-db")[1]
 
 
 # --- create-user ---------------------------------------------------------------------
