@@ -96,7 +96,7 @@ def drain(n: int) -> list[str]:
     from huey.signals import SIGNAL_COMPLETE
     from sqlalchemy import func, select
 
-    from pa import db, jobs
+    from pa import db, heartbeat, jobs
     from pa.models import Job
     from pa.queue import JobType, huey
     from pa.tasks import HANDLERS
@@ -161,6 +161,7 @@ def drain(n: int) -> list[str]:
             f"tracked/raw drain = {raw_s / tr_s:.2f}"
         )
         print(lines[-1], flush=True)
+    heartbeat.stop()  # this process consumes no more
     return lines
 
 
