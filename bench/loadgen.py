@@ -17,12 +17,25 @@ from dataclasses import dataclass, field
 class Result:
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
+    #: when each request was scheduled (open loop), beside `latencies`
+    starts: list[float] = field(default_factory=list)
     started: float = 0.0
     finished: float = 0.0
 
-    def add(self, status: int, latency: float) -> None:
+    def add(self, status: int, latency: float, started: float | None = None) -> None:
         self.latencies.append(latency)
         self.statuses[status] = self.statuses.get(status, 0) + 1
+        if started is not None:
+            self.starts.append(started)
+
+    def slowest(self, share: float = 0.01) -> str:
+        """When the slowest requests started (s into the run): bursts point to a stall."""
+        if not self.starts:
+            return ""
+        pairs = sorted(zip(self.latencies, self.starts, strict=True), reverse=True)
+        worst = pairs[: max(1, int(len(pairs) * share))]
+        return ", ".join(f"{s - self.started:.2f}s:{lat * 1000:.0f}ms"
+                         for lat, s in sorted(worst, key=lambda p: p[1]))
 
     @property
     def rate(self) -> float:
@@ -94,7 +107,7 @@ async def open_loop(host: str, port: int, rate: float, seconds: float,
         status = await conn.request(make())
         # Latency counts from the scheduled start: waiting for a free connection
         # is part of what a user would see (no coordinated omission).
-        result.add(status, time.perf_counter() - scheduled)
+        result.add(status, time.perf_counter() - scheduled, scheduled)
         pool.put_nowait(conn)
 
     n = int(rate * seconds)
