@@ -92,8 +92,13 @@ def post(path: str, host: str, cookie: str, body: bytes = b"") -> bytes:
 
 
 async def open_loop(host: str, port: int, rate: float, seconds: float,
-                    make: Callable[[], bytes], connections: int = 64) -> Result:
-    """Requests start on schedule (every 1/rate s) whether or not earlier ones answered."""
+                    make: Callable[[], bytes], connections: int = 64,
+                    warmup: float = 0.0) -> Result:
+    """Requests start on schedule (every 1/rate s) whether or not earlier ones answered.
+
+    The first `warmup` seconds run on the same connections at the same rate and
+    are not counted: the result is the steady state that follows.
+    """
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
         c = Connection(host, port)
@@ -107,13 +112,16 @@ async def open_loop(host: str, port: int, rate: float, seconds: float,
         status = await conn.request(make())
         # Latency counts from the scheduled start: waiting for a free connection
         # is part of what a user would see (no coordinated omission).
-        result.add(status, time.perf_counter() - scheduled, scheduled)
+        if scheduled >= result.started:
+            result.add(status, time.perf_counter() - scheduled, scheduled)
         pool.put_nowait(conn)
 
-    n = int(rate * seconds)
-    result.started = time.perf_counter()
+    skipped = int(rate * warmup)
+    n = skipped + int(rate * seconds)
+    first = time.perf_counter()
+    result.started = first + skipped / rate
     for i in range(n):
-        scheduled = result.started + i / rate
+        scheduled = first + i / rate
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
