@@ -8,6 +8,7 @@ drained after it stops.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -64,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pa").info(
             "embedded mode: consumer threads in this process (set PA_REDIS_URL for production)"
         )
+    import pa.web.app  # noqa: F401  (imported here so that it is frozen below)
+
+    # Modules, routes, SQLAlchemy's tables: what exists now lives as long as the
+    # process. Frozen, the collector's full passes no longer scan it: they took
+    # 50-80 ms about once a second under load, stopping every request in flight.
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.run("pa.web.app:app", host=host, port=port, log_level=args.log_level,
                     access_log=args.access_log, timeout_graceful_shutdown=10)
