@@ -136,9 +136,10 @@ class WriterBusy(Exception):
 
 _no_wait = threading.local()
 
+IS_SQLITE = engine.url.get_backend_name() == "sqlite"
 #: SQLite runs inside this process: a short statement costs less than handing it to
 #: a thread, and a read never waits (WAL). PostgreSQL is a network round trip away.
-RUNS_INLINE = engine.url.get_backend_name() == "sqlite"
+RUNS_INLINE = IS_SQLITE
 
 
 @contextmanager
@@ -259,7 +260,7 @@ def raw_begin(write: bool = True) -> Iterator[Raw]:
         pooled = engine.raw_connection()
         try:
             dbapi_conn: Any = pooled.dbapi_connection
-            if _IS_SQLITE:
+            if IS_SQLITE:
                 # With the driver's own transactions off (make_engine), BEGIN is ours.
                 dbapi_conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -271,8 +272,6 @@ def raw_begin(write: bool = True) -> Iterator[Raw]:
         finally:
             pooled.close()
 
-
-_IS_SQLITE = engine.url.get_backend_name() == "sqlite"
 
 
 class Prepared:

@@ -176,26 +176,38 @@ def test_a_checkpoint_inside_the_throttle_window_is_written_but_not_published(
 # -- SQLite work on the event loop ---------------------------------------------------
 
 
+class AnotherWriter:
+    """A thread holding a writing transaction until released."""
+
+    def __init__(self) -> None:
+        self.held, self.released = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._write)
+
+    def _write(self) -> None:
+        with db.begin():
+            self.held.set()
+            self.released.wait(10)
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.held.wait(5)
+
+    def release(self) -> None:
+        self.released.set()
+        self.thread.join()
+
+
 @pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite only: PostgreSQL always uses threads")
 def test_a_write_that_would_wait_raises_writer_busy_before_it_starts() -> None:
-    held, release = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        with db.begin():
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
+    other = AnotherWriter()
+    other.start()
     try:
-        held.wait(5)
         with pytest.raises(db.WriterBusy), db.without_waiting(), db.raw_begin():
             pytest.fail("the block must not run while another thread writes")
         with db.without_waiting(), db.raw_begin(write=False) as conn:  # reads never wait
             assert jobs._LOAD.first(conn, {"id": "none"}) is None
     finally:
-        release.set()
-        thread.join()
+        other.release()
     with db.without_waiting(), db.raw_begin():
         pass  # free again
 
@@ -210,24 +222,15 @@ def test_submit_to_hr_answers_while_another_writer_holds_the_lock() -> None:
     manager = user_with_password(Role.MANAGER)
     employee = make_user(Role.EMPLOYEE, manager_id=manager.id)
     review = make_review(employee, status=ReviewStatus.MANAGER_REVIEW)
-    held, release = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        with db.begin():
-            held.set()
-            release.wait(10)
-
+    other = AnotherWriter()
     with app_client() as client:
         login(client, manager)
-        thread = threading.Thread(target=writer)
-        thread.start()
-        held.wait(5)
-        timer = threading.Timer(0.3, release.set)
-        timer.start()
+        other.start()
+        threading.Timer(0.3, other.released.set).start()
         started = time.monotonic()
         r = client.post(f"/api/reviews/{review.id}/submit-to-hr")
         waited = time.monotonic() - started
-        thread.join()
+        other.release()
     assert r.status_code == 202, r.text
     assert waited >= 0.2  # it waited for the other writer instead of failing
     job = jobs.load_row(r.json()["data"]["id"])
