@@ -7,7 +7,8 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -181,3 +182,35 @@ class PostgresDatabase:
 
     def drop(self) -> None:
         self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+@contextmanager
+def subscribed(redis_url: str, on_message: Callable[[str], None]) -> Iterator[None]:
+    """A real subscriber of pa's jobs channel on its own thread, calling
+    `on_message` with each message in arrival order."""
+    import redis
+
+    from pa.events import JOBS_CHANNEL
+
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(JOBS_CHANNEL)
+    # The subscription counts only once Redis has confirmed it.
+    wait_for(lambda: pubsub.get_message(timeout=0.1), timeout=5, message="the subscription")
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if msg is not None:
+                on_message(msg["data"].decode())
+
+    thread = threading.Thread(target=listen, name="test-events", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        pubsub.close()
+        client.close()

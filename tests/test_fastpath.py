@@ -10,14 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import exc, func, insert, select
 
 from pa import db, events, jobs, runner
-from pa.events import JOBS_CHANNEL
 from pa.models import Job
 from pa.queue import JobType
-from tests.services import RedisServer, wait_for
+from tests.services import RedisServer, subscribed, wait_for
 
 _INSERT = insert(jobs.jobs_table).returning(*jobs.jobs_table.c)
 
@@ -84,25 +82,8 @@ def test_a_prepared_select_reads_none_for_a_missing_row() -> None:
 def channel(redis_server: RedisServer) -> Iterator[list[str]]:
     """Every message on the jobs channel, in arrival order (a real subscriber)."""
     seen: list[str] = []
-    client = redis.Redis.from_url(redis_server.url)
-    pubsub = client.pubsub()
-    pubsub.subscribe(JOBS_CHANNEL)
-    wait_for(lambda: pubsub.get_message(timeout=0.1), timeout=5, message="the subscription")
-    stop = threading.Event()
-
-    def listen() -> None:
-        while not stop.is_set():
-            msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
-            if msg is not None:
-                seen.append(msg["data"].decode())
-
-    thread = threading.Thread(target=listen, daemon=True)
-    thread.start()
-    yield seen
-    stop.set()
-    thread.join(timeout=5)
-    pubsub.close()
-    client.close()
+    with subscribed(redis_server.url, seen.append):
+        yield seen
 
 
 def test_a_held_event_travels_before_the_next_one(channel: list[str]) -> None:

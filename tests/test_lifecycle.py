@@ -11,16 +11,14 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-import redis
 from huey.signals import SIGNAL_COMPLETE
 
 from pa import jobs
 from pa.errors import Conflict, NotFound
-from pa.events import JOBS_CHANNEL
 from pa.models import ReviewStatus, Role, User
 from pa.queue import JobType, huey
 from tests.factories import make_review, make_user
-from tests.services import RedisServer, SmtpServer, wait_for
+from tests.services import RedisServer, SmtpServer, subscribed, wait_for
 
 FINAL = {"completed", "failed", "cancelled"}
 #: the first automatic retry of an email job waits 5 s, plus up to 1 s of scheduler tick
@@ -106,27 +104,13 @@ class EventLog:
 def events(redis_server: RedisServer) -> Iterator[EventLog]:
     """A real subscriber of pa's jobs channel, on its own thread."""
     log = EventLog()
-    client = redis.Redis.from_url(redis_server.url)
-    pubsub = client.pubsub()
-    pubsub.subscribe(JOBS_CHANNEL)
-    # The subscription counts only once Redis has confirmed it.
-    wait_for(lambda: pubsub.get_message(timeout=0.1), timeout=5, message="the subscription")
-    stop = threading.Event()
 
-    def listen() -> None:
-        while not stop.is_set():
-            msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-            if msg is not None:
-                with log.lock:
-                    log.messages.append(json.loads(msg["data"]))
+    def keep(raw: str) -> None:
+        with log.lock:
+            log.messages.append(json.loads(raw))
 
-    thread = threading.Thread(target=listen, name="test-events", daemon=True)
-    thread.start()
-    yield log
-    stop.set()
-    thread.join(timeout=5)
-    pubsub.close()
-    client.close()
+    with subscribed(redis_server.url, keep):
+        yield log
 
 
 @pytest.fixture
