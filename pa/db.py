@@ -273,6 +273,34 @@ def raw_begin(write: bool = True) -> Iterator[Raw]:
             pooled.close()
 
 
+def write_one(statement: Prepared, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one writing statement as a transaction of its own; its first row, or None.
+
+    raw_begin() for the commonest case, a job's claim or change: one UPDATE.
+    On SQLite the statement runs in autocommit mode, where it is its own
+    transaction: SQLite takes the write lock when the statement starts and
+    commits when it finishes, as BEGIN IMMEDIATE ... COMMIT would, in one call
+    into SQLite instead of three (each call releases the GIL, a hand-over to the
+    other worker thread when it waits for it). With two worker threads this
+    drained 8-10% more tracked jobs per second.
+    """
+    with _one_writer(True):
+        pooled = engine.raw_connection()
+        try:
+            raw = Raw(engine.dialect, pooled.dbapi_connection)
+            if IS_SQLITE:
+                # (the driver's own transactions are off: see make_engine)
+                return statement.first(raw, params)
+            try:
+                row = statement.first(raw, params)
+            except BaseException:
+                raw.dbapi_connection.rollback()
+                raise
+            raw.dbapi_connection.commit()
+            return row
+        finally:
+            pooled.close()
+
 
 class Prepared:
     """A Core statement compiled once, run on the transaction's DB-API connection.

@@ -258,8 +258,7 @@ def change(
         row = _change_row(conn, stmt, params)
         return job_to_dict(row) if row is not None else None
     if isinstance(stmt, db.Prepared):
-        with db.raw_begin() as raw:
-            row = stmt.first(raw, params)
+        row = db.write_one(stmt, params)
     else:
         with db.begin() as own:
             row = _change_row(own, stmt, params)
@@ -287,8 +286,7 @@ def claim(job_id: str, worker_id: str) -> Mapping[str, Any] | None:
     None too: the scheduled delivery will come.
     """
     now = db.utcnow()
-    with db.raw_begin() as conn:
-        row = _CLAIM.first(conn, {"c_id": job_id, "c_now": now, "c_worker": worker_id})
+    row = db.write_one(_CLAIM, {"c_id": job_id, "c_now": now, "c_worker": worker_id})
     if row is None:
         return None
     # Held, not sent: a short job's next change carries it (events.hold).

@@ -216,3 +216,31 @@ def test_submit_to_hr_answers_while_another_writer_holds_the_lock() -> None:
     assert waited >= 0.2  # it waited for the other writer instead of failing
     job = jobs.load_row(r.json()["data"]["id"])
     assert job is not None and job["status"] in ("pending", "processing", "completed")
+
+
+# -- one statement, one transaction ------------------------------------------------
+
+
+def test_write_one_commits_its_statement_and_returns_the_row() -> None:
+    job = jobs.submit(JobType.DATABASE_BACKUP, {}, None)
+    params = {"c_id": job["id"], "c_now": db.utcnow(), "c_worker": "w-1"}
+    row = db.write_one(jobs._CLAIM, params)
+    assert row is not None and row["status"] == "processing" and row["version"] == 2
+    with db.read() as conn:  # another connection sees it: committed
+        assert conn.execute(select(Job.status).where(Job.id == job["id"])).scalar_one() \
+            == "processing"
+    assert db.write_one(jobs._CLAIM, params) is None  # no longer pending: nothing matches
+    assert jobs.load_row(job["id"])["version"] == 2  # type: ignore[index]
+
+
+def test_write_one_leaves_nothing_behind_when_its_statement_fails() -> None:
+    prepared = db.Prepared(_INSERT)
+    values = _values(dedupe_key=f"slot-{time.perf_counter_ns()}")
+    assert db.write_one(prepared, values) is not None
+    twin = dict(values, id=values["id"] + "-twin")
+    with pytest.raises(exc.IntegrityError):
+        db.write_one(prepared, twin)
+    assert jobs.load_row(twin["id"]) is None
+    # the write lock and the connection were given back: the next write goes through
+    assert db.write_one(prepared, _values()) is not None
+
