@@ -28,7 +28,7 @@ from sqlalchemy import (
 from pa import db, events
 from pa.errors import Conflict, Invalid, NotFound
 from pa.models import FINAL_STATUSES, Job, JobStatus
-from pa.queue import JOB_SPECS, JobType, huey
+from pa.queue import JOB_SPECS, RUN_JOB, JobType, huey
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ _FINAL = tuple(s.value for s in FINAL_STATUSES)
 _INSERT = db.Prepared(insert(jobs_table).returning(*_ALL))
 
 
-@huey.task(name="pa.run_job")
+@huey.task(name=RUN_JOB)
 def run_job(job_id: str) -> None:
     """The one Huey task: run job `job_id` in the consumer."""
     # Imported here so that the web process never loads task code.

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 from huey import Huey, PriorityRedisHuey, SqliteHuey
+from huey.api import Task
 
 from pa.settings import settings
 
@@ -49,13 +52,54 @@ JOB_SPECS: dict[JobType, JobSpec] = {
 }
 
 
+#: the name of pa's one task (pa.jobs.run_job)
+RUN_JOB = "pa.run_job"
+
+_skipped_delete = threading.local()
+
+
+class _JobsAreNotRevoked:
+    """Huey without its revocation bookkeeping for pa's own task.
+
+    Before each task Huey reads two revocation keys, and after it deletes one:
+    two of the three round trips to Redis (or queries on embedded mode's SQLite
+    file) that Huey makes per task. pa never revokes run_job through Huey: a
+    job is cancelled in its row (`cancel_requested`), which the task reads. So
+    for run_job both are skipped; every other task (the periodic ones) keeps
+    them. `huey.revoke_by_id(job_id)` therefore does nothing to a job: cancel
+    it through the API instead (docs/OPERATIONS.md).
+    """
+
+    def is_revoked(self, task: Any, timestamp: Any = None, peek: bool = True) -> bool:
+        if isinstance(task, Task) and task.name == RUN_JOB:
+            # Huey deletes this key after the task has run (Huey._execute),
+            # in this same thread: that delete is skipped too.
+            _skipped_delete.key = task.revoke_id
+            return False
+        return super().is_revoked(task, timestamp, peek)  # type: ignore[misc]
+
+    def delete(self, key: str) -> Any:
+        if key == getattr(_skipped_delete, "key", None):
+            _skipped_delete.key = None
+            return False
+        return super().delete(key)  # type: ignore[misc]
+
+
+class TrackedRedisHuey(_JobsAreNotRevoked, PriorityRedisHuey):
+    """PriorityRedisHuey, minus revocation for run_job."""
+
+
+class TrackedSqliteHuey(_JobsAreNotRevoked, SqliteHuey):
+    """SqliteHuey (embedded mode), minus revocation for run_job."""
+
+
 def create_huey() -> Huey:
     """Redis with priorities when PA_REDIS_URL is set, else a SQLite file (embedded mode)."""
     # Results live in the Job rows, so Huey keeps none.
     if settings.redis_url:
-        return PriorityRedisHuey("pa", url=settings.redis_url, results=False, utc=True)
+        return TrackedRedisHuey("pa", url=settings.redis_url, results=False, utc=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey(
+    return TrackedSqliteHuey(
         "pa", filename=str(settings.data_dir / "queue.db"), results=False, utc=True
     )
 

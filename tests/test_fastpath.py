@@ -244,3 +244,61 @@ def test_write_one_leaves_nothing_behind_when_its_statement_fails() -> None:
     # the write lock and the connection were given back: the next write goes through
     assert db.write_one(prepared, _values()) is not None
 
+
+# -- Huey's revocation bookkeeping -------------------------------------------------
+
+
+def _revocation_commands(client: Any) -> tuple[int, int]:
+    stats = client.info("commandstats")
+    return (stats.get("cmdstat_hmget", {}).get("calls", 0),
+            stats.get("cmdstat_hdel", {}).get("calls", 0))
+
+
+def _run_next_task() -> None:
+    """What a consumer's worker thread does with the next message: dequeue, execute."""
+    from pa.queue import huey
+
+    task = huey.dequeue()
+    assert task is not None
+    huey.execute(task)
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+def test_a_job_costs_huey_no_revocation_round_trips(redis_client: Any) -> None:
+    job = jobs.submit(JobType.DATABASE_BACKUP, {}, None)
+    before = _revocation_commands(redis_client)
+    _run_next_task()
+    after = _revocation_commands(redis_client)
+    assert jobs.load_row(job["id"])["status"] == "completed"  # type: ignore[index]
+    assert after == before  # no HMGET before the run, no HDEL after it
+
+
+def test_other_tasks_keep_hueys_revocation(redis_client: Any) -> None:
+    from pa.queue import huey
+
+    ran: list[int] = []
+
+    @huey.task(name="tests.revocable")
+    def revocable(n: int) -> None:
+        ran.append(n)
+
+    kept, dropped = revocable.s(1), revocable.s(2)
+    huey.enqueue(kept)
+    huey.enqueue(dropped)
+    huey.revoke_by_id(dropped.id)
+    before = _revocation_commands(redis_client)
+    _run_next_task()
+    _run_next_task()
+    after = _revocation_commands(redis_client)
+    assert ran == [1]
+    assert kept.id != dropped.id
+    # each task: one read of its revocation keys, one delete after a run (or a restore)
+    assert after[0] - before[0] == 2 and after[1] > before[1]
