@@ -36,6 +36,12 @@ def job_event(job: dict[str, Any]) -> str:
     return json.dumps({"type": "job", "data": job}, separators=(",", ":"))
 
 
+def session_end_event(session_id: str) -> str:
+    """The message sent when a login ends: web processes close its sockets."""
+    return json.dumps({"type": "session_end", "data": {"sid": session_id}},
+                      separators=(",", ":"))
+
+
 class Bus(Protocol):
     def publish(self, *messages: str) -> None: ...
 

@@ -93,6 +93,35 @@ def test_a_bearer_token_opens_a_socket_and_the_snapshot_comes_first(
     asyncio.run(scenario())
 
 
+def test_logging_out_closes_the_sockets_of_that_login_only(server: LiveServer) -> None:
+    # Given: one user signed in twice (two browsers), sockets open in both
+    user = user_with_password()
+    first, second = server.cookie(user), server.cookie(user)
+
+    async def scenario() -> None:
+        ours = [await open_socket(server, first) for _ in range(2)]
+        theirs = await open_socket(server, second)
+        for ws in (*ours, theirs):
+            assert _is_snapshot(await next_message(ws))
+        # When: the first browser logs out
+        with server.http() as client:
+            r = await asyncio.to_thread(client.delete, "/api/session",
+                                        headers={"Cookie": first})
+        assert r.status_code == 200
+        # Then: its sockets close as unauthorized (the page goes to /login) ...
+        for ws in ours:
+            with pytest.raises(ConnectionClosed) as closed:
+                await next_message(ws)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        # ... and the other login's socket still gets the user's jobs.
+        job = await asyncio.to_thread(jobs.submit, JobType.DATABASE_BACKUP, {}, user.id)
+        assert (await next_message(theirs))["data"]["id"] == job["id"]
+        await theirs.close()
+
+    asyncio.run(scenario())
+    wait_for(lambda: server.hub.count() == 0, message="every socket to leave")
+
+
 def test_closing_sockets_leaves_nothing_behind(server: LiveServer,
                                                caplog: pytest.LogCaptureFixture) -> None:
     user = user_with_password()

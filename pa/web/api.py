@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mimetypes
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,17 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pa import db, jobs
+from pa import db, events, jobs
 from pa.errors import Invalid, NotFound, Unauthorized
 from pa.settings import settings
-from pa.web.auth import SESSION_KEY, Principal, check_login, require_user
+from pa.web.auth import (
+    SESSION_ID_KEY,
+    SESSION_KEY,
+    Principal,
+    check_login,
+    require_user,
+    session_id,
+)
 from pa.web.responses import Json, accepted, json_body, ok, query_int, query_str
 
 #: longer passwords are refused before hashing (argon2's cost grows with length)
@@ -57,12 +65,18 @@ async def login(request: Request) -> Response:
         raise Unauthorized("Wrong email or password.")
     request.session.clear()
     request.session[SESSION_KEY] = user.id
+    request.session[SESSION_ID_KEY] = secrets.token_urlsafe(16)
     request.scope["pa.user"] = user
     return ok(user.to_dict())
 
 
 async def logout(request: Request) -> Response:
+    sid = session_id(request)
     request.session.clear()
+    if sid is not None:
+        # Every web process closes the sockets this login opened: a tab left open
+        # must not go on receiving the user's jobs.
+        await run_in_threadpool(events.publish, events.session_end_event(sid))
     return ok(None)
 
 

@@ -19,6 +19,8 @@ from pa.web.offload import run_db
 from pa.web.responses import error
 
 SESSION_KEY = "uid"
+#: a random id per login: logging out closes the WebSockets opened with that session
+SESSION_ID_KEY = "sid"
 #: a token's last use is written at most this often (not on every request)
 TOKEN_TOUCH = timedelta(minutes=5)
 
@@ -125,6 +127,14 @@ async def current_user(conn: HTTPConnection) -> Principal | None:
             user = await run_db(load_by_id, uid)
     conn.scope["pa.user"] = user
     return user
+
+
+def session_id(conn: HTTPConnection) -> str | None:
+    """The id of the login behind a cookie session (None for bearer tokens)."""
+    if bearer_token(conn) is not None or "session" not in conn.scope:
+        return None
+    sid = conn.session.get(SESSION_ID_KEY)
+    return sid if isinstance(sid, str) else None
 
 
 async def require_user(conn: HTTPConnection, *roles: Role) -> Principal:

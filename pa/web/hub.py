@@ -20,6 +20,7 @@ import contextlib
 import enum
 import json
 import logging
+from typing import Any
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +28,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from pa import events, jobs
-from pa.web.auth import current_user
+from pa.web.auth import current_user, session_id
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 256
 #: waits between attempts to subscribe again after the bus failed
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0
-#: close code of a socket opened without a signed-in user
+#: close code of a socket opened without a signed-in user, or whose login ended
 CLOSE_UNAUTHORIZED = 4401
 #: close code when the server stops (1001: going away)
 CLOSE_GOING_AWAY = 1001
@@ -46,14 +47,19 @@ class Signal(enum.Enum):
     SNAPSHOT = "snapshot"
     #: the hub stops: close the socket
     CLOSE = "close"
+    #: the login that opened the socket has ended: close it as unauthorized
+    SIGNED_OUT = "signed_out"
 
 
 class Subscriber:
     """One WebSocket's place in the hub: whose jobs it gets, and what it has still to send."""
 
-    def __init__(self, user_id: int, is_admin: bool, size: int) -> None:
+    def __init__(self, user_id: int, is_admin: bool, size: int,
+                 session_id: str | None = None) -> None:
         self.user_id = user_id
         self.is_admin = is_admin
+        #: the login (cookie session) that opened the socket; None for a bearer token
+        self.session_id = session_id
         self.queue: asyncio.Queue[str | Signal] = asyncio.Queue(size)
         self.closed = False
 
@@ -72,7 +78,7 @@ class Subscriber:
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(signal)
-        self.closed = signal is Signal.CLOSE
+        self.closed = signal in (Signal.CLOSE, Signal.SIGNED_OUT)
 
 
 class Hub:
@@ -83,6 +89,7 @@ class Hub:
         self.queue_size = queue_size
         self._by_user: dict[int, set[Subscriber]] = {}
         self._admins: set[Subscriber] = set()
+        self._by_session: dict[str, set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
         self._delay = RETRY_FIRST
         #: whether the subscription is live now
@@ -102,12 +109,16 @@ class Hub:
             sub.replace_backlog(Signal.CLOSE)
         self._by_user.clear()
         self._admins.clear()
+        self._by_session.clear()
         self.subscribed = False
 
-    def register(self, user_id: int, is_admin: bool) -> Subscriber:
+    def register(self, user_id: int, is_admin: bool,
+                 session_id: str | None = None) -> Subscriber:
         """A new socket; its first item is a snapshot (taken after it can miss nothing)."""
-        sub = Subscriber(user_id, is_admin, self.queue_size)
+        sub = Subscriber(user_id, is_admin, self.queue_size, session_id)
         sub.queue.put_nowait(Signal.SNAPSHOT)
+        if session_id is not None:
+            self._by_session.setdefault(session_id, set()).add(sub)
         if is_admin:
             self._admins.add(sub)
         else:
@@ -117,11 +128,9 @@ class Hub:
     def unregister(self, sub: Subscriber) -> None:
         sub.closed = True
         self._admins.discard(sub)
-        subs = self._by_user.get(sub.user_id)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._by_user[sub.user_id]
+        _discard(self._by_user, sub.user_id, sub)
+        if sub.session_id is not None:
+            _discard(self._by_session, sub.session_id, sub)
 
     def count(self) -> int:
         """How many sockets are registered."""
@@ -131,9 +140,14 @@ class Hub:
         return [*self._admins, *(s for subs in self._by_user.values() for s in subs)]
 
     def broadcast(self, message: str) -> None:
-        """Forward one event to its owner's sockets and every admin's."""
+        """Forward one job event to its owner's sockets and every admin's; close the
+        sockets of a login that ended."""
         try:
-            owner = json.loads(message)["data"]["userId"]
+            event = json.loads(message)
+            if event["type"] == "session_end":
+                self.end_session(event["data"]["sid"])
+                return
+            owner = event["data"]["userId"]
         except (ValueError, KeyError, TypeError):
             log.warning("event ignored: not a job event: %.200s", message)
             return
@@ -142,6 +156,11 @@ class Hub:
                 sub.offer(message)
         for sub in self._admins:
             sub.offer(message)
+
+    def end_session(self, session_id: str) -> None:
+        """Close the sockets opened by this login (its user logged out)."""
+        for sub in list(self._by_session.get(session_id, ())):
+            sub.replace_backlog(Signal.SIGNED_OUT)
 
     def resync_all(self) -> None:
         """Every socket gets a fresh snapshot (events may have been missed)."""
@@ -174,6 +193,14 @@ class Hub:
             self._delay = min(self._delay * 2, RETRY_MAX)
 
 
+def _discard(index: dict[Any, set[Subscriber]], key: Any, sub: Subscriber) -> None:
+    subs = index.get(key)
+    if subs is not None:
+        subs.discard(sub)
+        if not subs:
+            del index[key]
+
+
 async def _cancel(task: asyncio.Task[None], timeout: float = 5.0) -> None:
     """Cancel `task` and wait for it to end.
 
@@ -199,6 +226,9 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
         item = await sub.queue.get()
         if item is Signal.CLOSE:
             await websocket.close(CLOSE_GOING_AWAY)
+            return
+        if item is Signal.SIGNED_OUT:
+            await websocket.close(CLOSE_UNAUTHORIZED, "Signed out.")
             return
         if item is Signal.SNAPSHOT:
             snapshot = await run_in_threadpool(jobs.snapshot, user_id, is_admin)
@@ -246,7 +276,7 @@ async def job_socket(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_UNAUTHORIZED, "Sign in first.")
         return
     event_hub: Hub = websocket.app.state.hub
-    sub = event_hub.register(user.id, user.is_admin)
+    sub = event_hub.register(user.id, user.is_admin, session_id(websocket))
     try:
         # anyio, not bare asyncio tasks: Starlette's TestClient (and any anyio
         # host) stops the endpoint through a cancel scope.
