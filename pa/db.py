@@ -72,6 +72,17 @@ def make_engine(url: str) -> Engine:
 engine: Engine = make_engine(settings.database_url)
 SessionLocal = sessionmaker(engine, expire_on_commit=False)
 
+
+def _forget_connections_in_child() -> None:
+    # A pooled connection must not cross a fork (Huey's process workers, `-k
+    # process`): parent and child would share its file, whose SQLite locks are
+    # per process, or its socket. The child starts with an empty pool; the
+    # parent's connections stay the parent's (close=False, as SQLAlchemy advises).
+    engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_connections_in_child)
+
 class SqliteWriteLock:
     """One writer at a time, across this process's threads and across processes.
 

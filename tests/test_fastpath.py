@@ -302,3 +302,30 @@ def test_other_tasks_keep_hueys_revocation(redis_client: Any) -> None:
     assert kept.id != dropped.id
     # each task: one read of its revocation keys, one delete after a run (or a restore)
     assert after[0] - before[0] == 2 and after[1] > before[1]
+
+
+# -- fork ------------------------------------------------------------------------------
+
+
+def test_a_forked_child_does_not_use_its_parents_connections() -> None:
+    """Huey's process workers fork a consumer that has used the database already."""
+    import os
+
+    with db.read() as conn:  # the pool now holds this connection
+        parents = conn.connection.dbapi_connection
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running any exit handler
+        try:
+            with db.read() as conn:
+                mine = conn.connection.dbapi_connection
+                conn.execute(select(func.count()).select_from(Job)).scalar_one()
+            os.write(write_end, b"new" if mine is not parents else b"parent's")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    assert os.read(read_end, 16) == b"new"
+    os.close(read_end)
+    with db.read() as conn:  # and the parent's own still works
+        assert conn.connection.dbapi_connection is parents

@@ -31,11 +31,11 @@ RECOVERY_WAIT = 30.0
 class ConsumerProcess:
     """One `run_consumer.py` process; its output goes to a file for debugging."""
 
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], worker_type: str = "thread") -> None:
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "run_consumer.py", "-w", "2", "-k", "thread"],
+            [sys.executable, "run_consumer.py", "-w", "2", "-k", worker_type],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -73,9 +73,9 @@ def start_consumer(tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
     """Start consumer processes; all are stopped (and their output shown on failure) after."""
     started: list[ConsumerProcess] = []
 
-    def start(env: dict[str, str] | None = None) -> ConsumerProcess:
+    def start(env: dict[str, str] | None = None, worker_type: str = "thread") -> ConsumerProcess:
         proc = ConsumerProcess(tmp_path / f"consumer-{len(started) + 1}.log",
-                               dict(os.environ) if env is None else env)
+                               dict(os.environ) if env is None else env, worker_type)
         started.append(proc)
         return proc
 
@@ -300,6 +300,23 @@ def test_two_consumers_recover_a_job_exactly_once(start_consumer, smtp_server):
 
 
 # -- configuration ---------------------------------------------------------------------------
+
+
+def test_process_workers_run_jobs(start_consumer, smtp_server):
+    """`-k process`: the workers are forked children of the consumer, which has used the
+    database (its reaper) before forking; each child needs connections of its own."""
+    # Given
+    scenes = [make_hr_scene(hr_count=2) for _ in range(6)]
+    consumer = start_consumer(worker_type="process")
+    # When
+    submitted = [submit(manager, review_id) for manager, review_id, _ in scenes]
+    # Then
+    for job in submitted:
+        assert wait_final(job["id"], timeout=60)["status"] == "completed", consumer.output()
+    for _, _, hrs in scenes:  # each job mails every HR admin, once
+        for hr in hrs:
+            assert len(smtp_server.handler.to(hr.email)) == len(submitted)
+    assert "Traceback" not in consumer.output()
 
 
 def test_consumer_refuses_to_start_without_redis(start_consumer):
