@@ -1,7 +1,8 @@
 """The job spine, measured in one run against a local Redis and one web process.
 
 1. drain rate of tracked jobs (2 worker threads) beside raw Huey running a no-op
-   task with the same consumer in the same run, and the enqueue rates;
+   task with the same consumer in the same run, and the enqueue rates; twice, then
+   once more with 2 worker processes (Huey's -k process) for both;
 2. POST /api/reviews/{id}/submit-to-hr at a steady 200 req/s for 10 s (open loop)
    with a consumer (run_consumer.py -w 2) working beside the web process; then 32
    clients as fast as answers come (saturation), first with the consumer stopped
@@ -18,13 +19,14 @@ import argparse
 import asyncio
 import gc
 import json
+import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -103,8 +105,8 @@ def drain(n: int) -> list[str]:
     from pa.tasks import HANDLERS
     from pa.worker import EmbeddedConsumer
 
-    done = {"n": 0}
-    lock = threading.Lock()
+    # Shared memory, so that process workers (forked) count into it too.
+    done = multiprocessing.Value("l", 0)
 
     @huey.task(name="bench.noop")
     def raw_noop(i: int) -> None:
@@ -114,24 +116,29 @@ def drain(n: int) -> list[str]:
     # executing (a tracked job's row is final by then: the task commits it).
     @huey.signal(SIGNAL_COMPLETE)
     def finished(signal: str, task: object) -> None:
-        with lock:
-            done["n"] += 1
+        with done.get_lock():
+            done.value += 1
 
     # The tracked job's handler does nothing either: what is measured is the
     # tracking layer (claim, version bumps, commits, publishes), not a task's work.
     HANDLERS[JobType.DATABASE_BACKUP] = lambda ctx: {"name": "noop", "bytes": 0}
 
-    def run_consumer(until: object) -> tuple[float, float]:
-        """Wall seconds and this process's CPU seconds (all threads) to drain."""
-        consumer: Consumer = EmbeddedConsumer(huey, workers=2, worker_type="thread",
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def run_consumer(until: object, kind: str) -> tuple[float, float]:
+        """Wall seconds, and CPU seconds of this process (all threads) and of its
+        worker processes (counted once they have exited), to drain."""
+        consumer: Consumer = EmbeddedConsumer(huey, workers=2, worker_type=kind,
                                               initial_delay=0.01, max_delay=0.1,
                                               periodic=False)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, k0 = time.perf_counter(), time.process_time(), children_cpu()
         consumer.start()
         wait_for(until, timeout=600, interval=0.01, message="drain")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         consumer.stop(graceful=True)
-        return elapsed, cpu
+        return elapsed, cpu + children_cpu() - k0
 
     def completed() -> int:
         with db.read() as conn:
@@ -139,24 +146,27 @@ def drain(n: int) -> list[str]:
                                     .where(Job.status == "completed")).scalar_one())
 
     lines = []
-    for round_ in (1, 2):
+    # The goal is about threads (rounds 1 and 2); round 3 shows what process
+    # workers (run_consumer.py -k process) change, for both.
+    for round_, kind in ((1, "thread"), (2, "thread"), (3, "process")):
         huey.flush()
-        done["n"] = 0
+        done.value = 0
         t0 = time.perf_counter()
         for i in range(n):
             raw_noop(i, priority=1)
         raw_enq = n / (time.perf_counter() - t0)
-        raw_s, raw_cpu = run_consumer(lambda: done["n"] >= n)
+        raw_s, raw_cpu = run_consumer(lambda: done.value >= n, kind)
         base = completed()
         t0 = time.perf_counter()
         for _ in range(n):
             jobs.submit(JobType.DATABASE_BACKUP, {}, None)
         tr_enq = n / (time.perf_counter() - t0)
-        done["n"] = 0
-        tr_s, tr_cpu = run_consumer(lambda: done["n"] >= n)
+        done.value = 0
+        tr_s, tr_cpu = run_consumer(lambda: done.value >= n, kind)
         assert completed() - base == n, "every tracked job's row says completed"
         lines.append(
-            f"round {round_}: raw Huey: enqueue {raw_enq:,.0f}/s, drain {n / raw_s:,.0f} jobs/s "
+            f"round {round_} (2 {kind}s): raw Huey: enqueue {raw_enq:,.0f}/s, "
+            f"drain {n / raw_s:,.0f} jobs/s "
             f"({raw_cpu / n * 1e6:.0f} us CPU/job) | tracked: submit {tr_enq:,.0f}/s, drain "
             f"{n / tr_s:,.0f} jobs/s ({tr_cpu / n * 1e6:.0f} us CPU/job) | "
             f"tracked/raw drain = {raw_s / tr_s:.2f}"
