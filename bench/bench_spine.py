@@ -1,8 +1,9 @@
 """The job spine, measured in one run against a local Redis and one web process.
 
 1. drain rate of tracked jobs (2 worker threads) beside raw Huey running a no-op
-   task with the same consumer in the same run, and the enqueue rates; twice, then
-   once more with 2 worker processes (Huey's -k process) for both;
+   task with the same consumer in the same run, and the enqueue rates; three
+   rounds and the median ratio (and, after part 2, one round with 2 worker
+   processes, Huey's -k process, for both);
 2. POST /api/reviews/{id}/submit-to-hr at a steady 200 req/s for 10 s (open loop)
    with a consumer (run_consumer.py -w 2) working beside the web process; then 32
    clients as fast as answers come (saturation), first with the consumer stopped
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -95,7 +97,8 @@ def seed(reviews: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- drain
-def drain(n: int) -> list[str]:
+def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
+    """Set up the drain of `n` jobs; returns what runs rounds of it: (number, worker type)."""
     from huey.consumer import Consumer
     from huey.signals import SIGNAL_COMPLETE
     from sqlalchemy import func, select
@@ -146,41 +149,47 @@ def drain(n: int) -> list[str]:
             return int(conn.execute(select(func.count()).select_from(Job)
                                     .where(Job.status == "completed")).scalar_one())
 
-    lines = []
-    # The goal is about threads (rounds 1-3: raw Huey's rate alone varies by half
-    # between rounds here, hence three and their median); round 4 shows what
-    # process workers (run_consumer.py -k process) change, for both.
-    ratios: list[float] = []
-    for round_, kind in ((1, "thread"), (2, "thread"), (3, "thread"), (4, "process")):
-        huey.flush()
-        done.value = 0
-        t0 = time.perf_counter()
-        for i in range(n):
-            raw_noop(i, priority=1)
-        raw_enq = n / (time.perf_counter() - t0)
-        raw_s, raw_cpu = run_consumer(lambda: done.value >= n, kind)
-        base = completed()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            jobs.submit(JobType.DATABASE_BACKUP, {}, None)
-        tr_enq = n / (time.perf_counter() - t0)
-        done.value = 0
-        tr_s, tr_cpu = run_consumer(lambda: done.value >= n, kind)
-        assert completed() - base == n, "every tracked job's row says completed"
-        lines.append(
-            f"round {round_} (2 {kind} workers): raw Huey: enqueue {raw_enq:,.0f}/s, "
-            f"drain {n / raw_s:,.0f} jobs/s "
-            f"({raw_cpu / n * 1e6:.0f} us CPU/job) | tracked: submit {tr_enq:,.0f}/s, drain "
-            f"{n / tr_s:,.0f} jobs/s ({tr_cpu / n * 1e6:.0f} us CPU/job) | "
-            f"tracked/raw drain = {raw_s / tr_s:.2f}"
-        )
-        print(lines[-1], flush=True)
-        if kind == "thread":
-            ratios.append(raw_s / tr_s)
-    lines.append(f"median tracked/raw drain with 2 thread workers: {statistics.median(ratios):.2f}")
-    print(lines[-1], flush=True)
-    heartbeat.stop()  # this process consumes no more
-    return lines
+    def rounds(plan: Sequence[tuple[int, str]]) -> list[str]:
+        lines = _rounds(plan)
+        heartbeat.stop()  # this process consumes no more (until the next rounds)
+        return lines
+
+    def _rounds(plan: Sequence[tuple[int, str]]) -> list[str]:
+        lines = []
+        ratios: list[float] = []
+        for round_, kind in plan:
+            huey.flush()
+            done.value = 0
+            t0 = time.perf_counter()
+            for i in range(n):
+                raw_noop(i, priority=1)
+            raw_enq = n / (time.perf_counter() - t0)
+            raw_s, raw_cpu = run_consumer(lambda: done.value >= n, kind)
+            base = completed()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                jobs.submit(JobType.DATABASE_BACKUP, {}, None)
+            tr_enq = n / (time.perf_counter() - t0)
+            done.value = 0
+            tr_s, tr_cpu = run_consumer(lambda: done.value >= n, kind)
+            assert completed() - base == n, "every tracked job's row says completed"
+            lines.append(
+                f"round {round_} (2 {kind} workers): raw Huey: enqueue {raw_enq:,.0f}/s, "
+                f"drain {n / raw_s:,.0f} jobs/s "
+                f"({raw_cpu / n * 1e6:.0f} us CPU/job) | tracked: submit {tr_enq:,.0f}/s, drain "
+                f"{n / tr_s:,.0f} jobs/s ({tr_cpu / n * 1e6:.0f} us CPU/job) | "
+                f"tracked/raw drain = {raw_s / tr_s:.2f}"
+            )
+            print(lines[-1], flush=True)
+            if kind == "thread":
+                ratios.append(raw_s / tr_s)
+        if len(ratios) > 1:
+            lines.append("median tracked/raw drain with 2 thread workers: "
+                         f"{statistics.median(ratios):.2f}")
+            print(lines[-1], flush=True)
+        return lines
+
+    return rounds
 
 
 # ---------------------------------------------------------------- HTTP + push
@@ -361,7 +370,13 @@ def main() -> None:
         lo, hi = seed(40_000)
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
               f"database {args.db}; redis {redis_server.url}")
-        lines = drain(args.jobs)
+        # The goal is about threads: three rounds (raw Huey's rate alone varies by
+        # half between rounds here) and their median. One round with process
+        # workers (run_consumer.py -k process) comes after the HTTP phase: in four
+        # of six runs where it came before, the web's saturation rate was 640-840
+        # req/s against 970-1,310 without it (cause not found).
+        rounds = drain(args.jobs)
+        lines = rounds([(1, "thread"), (2, "thread"), (3, "thread")])
         port = free_port()
         env = dict(os.environ, PA_PORT=str(port))
         log = open(root / "web.log", "wb")
@@ -385,6 +400,7 @@ def main() -> None:
             lines += asyncio.run(http_phase(port, lo, hi, args.profile, web.pid, consumers))
         finally:
             consumers.stop()
+        lines += rounds([(4, "process")])
         if args.profile:
             print("web process, self time during saturation (py-spy):")
             print(top_frames("/tmp/pa-web-profile.txt"))
