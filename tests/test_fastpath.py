@@ -327,5 +327,8 @@ def test_a_forked_child_does_not_use_its_parents_connections() -> None:
     os.waitpid(pid, 0)
     assert os.read(read_end, 16) == b"new"
     os.close(read_end)
-    with db.read() as conn:  # and the parent's own still works
-        assert conn.connection.dbapi_connection is parents
+    cursor = parents.cursor()  # and the parent's own connection still answers
+    cursor.execute("SELECT 1")
+    assert cursor.fetchone()[0] == 1
+    cursor.close()
+    parents.rollback()  # (PostgreSQL: leave it in the pool as it was, outside a transaction)
