@@ -150,11 +150,6 @@ def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
                                     .where(Job.status == "completed")).scalar_one())
 
     def rounds(plan: Sequence[tuple[int, str]]) -> list[str]:
-        lines = _rounds(plan)
-        heartbeat.stop()  # this process consumes no more (until the next rounds)
-        return lines
-
-    def _rounds(plan: Sequence[tuple[int, str]]) -> list[str]:
         lines = []
         ratios: list[float] = []
         for round_, kind in plan:
@@ -187,6 +182,7 @@ def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
             lines.append("median tracked/raw drain with 2 thread workers: "
                          f"{statistics.median(ratios):.2f}")
             print(lines[-1], flush=True)
+        heartbeat.stop()  # this process consumes no more (until the next rounds)
         return lines
 
     return rounds
