@@ -2,7 +2,7 @@
 // (static/live.js: one WebSocket per page, polling fallback, toasts) and the
 // page's own module (static/pages/<page>.js).
 
-import { api, startLive } from "./live.js";
+import { signOut, startLive } from "./live.js";
 
 const PAGES = {
   login: "login",
@@ -15,10 +15,7 @@ const PAGES = {
   backups: "backups",
 };
 
-document.getElementById("logout")?.addEventListener("click", async () => {
-  await api("DELETE", "/api/session");
-  location.assign("/login");
-});
+document.getElementById("logout")?.addEventListener("click", signOut);
 
 const name = PAGES[document.body.dataset.page];
 if (name) {

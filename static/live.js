@@ -61,9 +61,20 @@ export async function api(method, url, data) {
   return { ok: response.ok, status: response.status, body: payload, message, field: payload?.error?.field ?? null };
 }
 
+// Set while this tab signs out: the server then closes this login's WebSocket
+// (4401) and the page must not race the logout to /login?next=...
+let signingOut = false;
+
 export function toLogin() {
+  if (signingOut) return;
   const here = location.pathname + location.search;
   location.assign(`/login?next=${encodeURIComponent(here)}`);
+}
+
+export async function signOut() {
+  signingOut = true;
+  await api("DELETE", "/api/session");
+  location.assign("/login");
 }
 
 export function label(job) {

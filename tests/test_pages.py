@@ -386,8 +386,15 @@ def test_every_page_works_for_its_role(server: LiveServer, consumer: Any,
             await expect(page.locator(".toast")).to_contain_text("Fiscal-year archive completed")
             await expect(year_row.get_by_role("link", name="Download archive")).to_be_visible()
             await login.shot("fiscal-years")
+            # Signing out: this tab goes to /login; another tab of the same login
+            # has its socket closed by the server and goes to /login?next=...
+            other = await context.new_page()
+            await other.goto(f"{server.url}/jobs")
+            await expect(other.locator("#live")).to_have_attribute("data-state", "live")
             await page.click("#logout")
             await page.wait_for_url(f"{server.url}/login")
+            await other.wait_for_url(f"{server.url}/login?next=%2Fjobs")
+            await other.close()
 
             # Admin: backups, all jobs, import page
             admin_tab = await signed_in(browser, server, admin)
