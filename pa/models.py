@@ -190,6 +190,20 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class EndedSession(Base):
+    """A login that was signed out: its cookie, even a copy, no longer signs anyone in.
+
+    Kept until the cookie would have expired by itself (auth.SESSION_MAX_AGE after
+    the logout); logouts delete the rows past that.
+    """
+
+    __tablename__ = "ended_sessions"
+
+    #: the login's random id (the session cookie's "sid")
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class AnalyticsCache(Base):
     """Multi-year analytics figures, valid while their reviews' fingerprint is unchanged."""
 

@@ -58,6 +58,77 @@ def test_login_me_logout(client: TestClient) -> None:
     assert r.status_code == 401 and _error(r)["code"] == "unauthorized"
 
 
+def _session_cookie(data: dict[str, Any]) -> str:
+    """A session cookie signed with the app's key, as Starlette's SessionMiddleware signs it."""
+    import base64
+    import json
+
+    import itsdangerous
+
+    from pa.settings import settings
+
+    payload = base64.b64encode(json.dumps(data).encode())
+    return itsdangerous.TimestampSigner(str(settings.secret_key)).sign(payload).decode()
+
+
+def test_a_copy_of_a_signed_out_cookie_signs_nobody_in(client: TestClient) -> None:
+    # Given: two logins of one user, and a copy of the first one's cookie
+    user = user_with_password()
+    login(client, user)
+    copy = client.cookies["pa_session"]
+    with app_client() as other:
+        login(other, user)
+        # When: the first login signs out
+        assert client.delete("/api/session").status_code == 200
+        # Then: its copied cookie no longer works, for the API, pages or /ws...
+        client.cookies.set("pa_session", copy)
+        r = client.get("/api/me")
+        assert r.status_code == 401 and _error(r)["code"] == "unauthorized"
+        assert "pa_session=null" in r.headers["set-cookie"]  # and is expired
+        client.cookies.set("pa_session", copy)
+        page = client.get("/reviews", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"].startswith("/login")
+        client.cookies.set("pa_session", copy)
+        with client.websocket_connect("/ws") as ws, \
+                pytest.raises(WebSocketDisconnect) as info:
+            ws.receive_text()
+        assert info.value.code == 4401
+        # Signing out with the copy too is no error.
+        client.cookies.set("pa_session", copy)
+        assert client.delete("/api/session").status_code == 200
+        # The user's other login goes on, and a new one works.
+        assert other.get("/api/me").status_code == 200
+        login(client, user)
+        assert client.get("/api/me").status_code == 200
+
+
+def test_signed_out_logins_are_forgotten_once_their_cookie_would_have_expired(
+        client: TestClient) -> None:
+    from sqlalchemy import select
+
+    from pa.models import EndedSession
+    from pa.web.auth import SESSION_MAX_AGE
+
+    with db.session_scope() as session:
+        session.add(EndedSession(sid="long-expired", expires_at=db.utcnow()))
+    login(client, user_with_password())
+    before = db.utcnow()
+    client.delete("/api/session")
+    with db.session_scope() as session:
+        rows = session.execute(select(EndedSession)).scalars().all()
+    assert len(rows) == 1 and rows[0].sid != "long-expired"
+    assert before + SESSION_MAX_AGE <= rows[0].expires_at <= db.utcnow() + SESSION_MAX_AGE
+
+
+def test_a_session_cookie_without_a_login_id_signs_nobody_in(client: TestClient) -> None:
+    # Cookies from before logins had ids could never be signed out.
+    user = user_with_password()
+    client.cookies.set("pa_session", _session_cookie({"uid": user.id}))
+    assert client.get("/api/me").status_code == 401
+    client.cookies.set("pa_session", _session_cookie({"uid": user.id, "sid": "x" * 22}))
+    assert client.get("/api/me").status_code == 200  # the same cookie with one
+
+
 def test_login_ignores_email_case_and_spaces(client: TestClient) -> None:
     user_with_password(email="case.person@example.com")  # stored lower case, as pa does
     r = client.post("/api/session", json={"email": "  case.person@EXAMPLE.com ",

@@ -24,6 +24,7 @@ from pa.web.auth import (
     SESSION_KEY,
     Principal,
     check_login,
+    end_session,
     require_user,
     session_id,
 )
@@ -74,8 +75,10 @@ async def logout(request: Request) -> Response:
     sid = session_id(request)
     request.session.clear()
     if sid is not None:
-        # Every web process closes the sockets this login opened: a tab left open
-        # must not go on receiving the user's jobs.
+        # The cookie, and any copy of it, stops working on every web process...
+        await run_in_threadpool(end_session, sid)
+        # ...and every web process closes the sockets this login opened: a tab
+        # left open must not go on receiving the user's jobs.
         await run_in_threadpool(events.publish, events.session_end_event(sid))
     return ok(None)
 

@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 import pa.web
 from pa.errors import PaError
 from pa.settings import settings
-from pa.web import hub, pages
+from pa.web import auth, hub, pages
 from pa.web.auth import OriginCheckMiddleware
 from pa.web.offload import Dispatcher
 from pa.web.responses import error, from_error
@@ -109,7 +109,8 @@ def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
         middleware=[
             Middleware(OriginCheckMiddleware),
             Middleware(SessionMiddleware, secret_key=settings.secret_key,
-                       session_cookie="pa_session", max_age=14 * 24 * 3600,
+                       session_cookie="pa_session",
+                       max_age=int(auth.SESSION_MAX_AGE.total_seconds()),
                        same_site="lax", https_only=False),
         ],
         exception_handlers={

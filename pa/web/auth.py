@@ -6,14 +6,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, delete, exists, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pa import db
 from pa.auth_passwords import hash_token, verify_password
 from pa.errors import Forbidden, Unauthorized
-from pa.models import ApiToken, Role, User
+from pa.models import ApiToken, EndedSession, Role, User
 from pa.settings import settings
 from pa.web.offload import run_db
 from pa.web.responses import error
@@ -21,6 +23,8 @@ from pa.web.responses import error
 SESSION_KEY = "uid"
 #: a random id per login: logging out closes the WebSockets opened with that session
 SESSION_ID_KEY = "sid"
+#: a session cookie's life from its login (Starlette does not renew it on use)
+SESSION_MAX_AGE = timedelta(days=14)
 #: a token's last use is written at most this often (not on every request)
 TOKEN_TOUCH = timedelta(minutes=5)
 
@@ -57,11 +61,19 @@ def _principal(user: Any) -> Principal:
 _USER_COLS = (User.id, User.email, User.name, User.role, User.department, User.manager_id)
 _users = cast(Table, User.__table__)
 _tokens = cast(Table, ApiToken.__table__)
+_ended = cast(Table, EndedSession.__table__)
 _USER_TABLE_COLS = (_users.c.id, _users.c.email, _users.c.name, _users.c.role,
                     _users.c.department, _users.c.manager_id)
 # Every request runs one of these: built once with bind parameters, Core columns
 # (an ORM-flavoured select costs about four times as much to run here).
-_BY_ID = db.Prepared(select(*_USER_TABLE_COLS).where(_users.c.id == bindparam("user_id")))
+# The session's user, unless that login was signed out: one statement, the second
+# condition a primary-key probe of a small table.
+_BY_SESSION = db.Prepared(
+    select(*_USER_TABLE_COLS).where(
+        _users.c.id == bindparam("user_id"),
+        ~exists().where(_ended.c.sid == bindparam("sid")),
+    )
+)
 _BY_TOKEN = (
     select(*_USER_TABLE_COLS, _tokens.c.id.label("token_id"), _tokens.c.last_used_at)
     .join(_tokens, _tokens.c.user_id == _users.c.id)
@@ -69,9 +81,10 @@ _BY_TOKEN = (
 )
 
 
-def load_by_id(user_id: int) -> Principal | None:
+def load_by_session(user_id: int, sid: str) -> Principal | None:
+    """The user of a cookie session; None if the user is gone or that login ended."""
     with db.raw_begin(write=False) as conn:
-        row = _BY_ID.first(conn, {"user_id": user_id})
+        row = _BY_SESSION.first(conn, {"user_id": user_id, "sid": sid})
     if row is None:
         return None
     return Principal(row["id"], row["email"], row["name"], Role(row["role"]),
@@ -121,12 +134,30 @@ async def current_user(conn: HTTPConnection) -> Principal | None:
     token = bearer_token(conn)
     if token is not None:
         user = await run_db(load_by_token, token)
-    else:
-        uid = conn.session.get(SESSION_KEY) if "session" in conn.scope else None
-        if isinstance(uid, int):
-            user = await run_db(load_by_id, uid)
+    elif "session" in conn.scope:
+        uid = conn.session.get(SESSION_KEY)
+        sid = conn.session.get(SESSION_ID_KEY)
+        # A cookie without a login id predates them and cannot be signed out:
+        # it signs nobody in (its user logs in once more).
+        if isinstance(uid, int) and isinstance(sid, str):
+            user = await run_db(load_by_session, uid, sid)
+        if user is None and conn.session:
+            conn.session.clear()  # the answer expires the cookie
     conn.scope["pa.user"] = user
     return user
+
+
+def end_session(sid: str) -> None:
+    """Sign out the login `sid` for good, on every web process: current_user()
+    refuses its cookie from now on, copies of it included."""
+    now = db.utcnow()
+    with db.begin() as conn:
+        # Its rows are needed only while a copy of the cookie could still be valid.
+        conn.execute(delete(_ended).where(_ended.c.expires_at < now))
+        # A copy of the cookie may sign out the same login again.
+        ended = (sqlite_insert(_ended) if db.IS_SQLITE else postgresql_insert(_ended))
+        conn.execute(ended.on_conflict_do_nothing(),
+                     {"sid": sid, "expires_at": now + SESSION_MAX_AGE})
 
 
 def session_id(conn: HTTPConnection) -> str | None:
