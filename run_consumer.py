@@ -29,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
             "the consumer itself.\n"
         )
         return 2
+    from pa import db
+    from pa.models import schema_problem
+
+    problem = schema_problem(db.engine)
+    if problem:
+        sys.stderr.write(problem + "\n")
+        return 2
     config = ConsumerConfig(**{k: v for k, v in options.__dict__.items() if v is not None})
     config.validate()
     config.setup_logger(logging.getLogger("huey"))

@@ -65,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pa").info(
             "embedded mode: consumer threads in this process (set PA_REDIS_URL for production)"
         )
+    else:
+        from pa import db
+        from pa.models import schema_problem
+
+        problem = schema_problem(db.engine)
+        if problem:
+            sys.stderr.write(problem + "\n")
+            return 2
     import pa.web.app  # noqa: F401  (imported here so that it is frozen below)
 
     # Modules, routes, SQLAlchemy's tables: what exists now lives as long as the

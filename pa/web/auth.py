@@ -21,7 +21,7 @@ from pa.web.offload import run_db
 from pa.web.responses import error
 
 SESSION_KEY = "uid"
-#: a random id per login: logging out closes the WebSockets opened with that session
+#: a random id per login: logging out ends it (its cookie and the WebSockets it opened)
 SESSION_ID_KEY = "sid"
 #: a session cookie's life from its login (Starlette does not renew it on use)
 SESSION_MAX_AGE = timedelta(days=14)
