@@ -194,6 +194,35 @@ def test_a_write_that_would_wait_raises_writer_busy_before_it_starts() -> None:
 
 
 @pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite's write lock")
+def test_a_write_whose_lock_frees_soon_runs_on_the_loop_and_one_held_long_in_a_thread(
+) -> None:
+    import asyncio
+
+    from pa.web.offload import run_db
+
+    def write() -> int:
+        with db.raw_begin():
+            return threading.get_ident()
+
+    async def run_while_held(release_from_the_loop: bool) -> int:
+        other = AnotherWriter()
+        other.start()
+        if release_from_the_loop:
+            # The first pause on the loop lets the other writer finish.
+            asyncio.get_running_loop().call_soon(other.release)
+        else:
+            threading.Timer(0.3, other.released.set).start()
+        try:
+            return await run_db(write)
+        finally:
+            other.release()
+
+    loop_thread = threading.get_ident()  # asyncio.run() runs the loop in this thread
+    assert asyncio.run(run_while_held(release_from_the_loop=True)) == loop_thread
+    assert asyncio.run(run_while_held(release_from_the_loop=False)) != loop_thread
+
+
+@pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite's write lock")
 def test_submit_to_hr_answers_while_another_writer_holds_the_lock() -> None:
     """The route's write goes to a thread and waits there, not on the loop."""
     from pa.models import ReviewStatus, Role
