@@ -360,3 +360,43 @@ def test_a_forked_child_does_not_use_its_parents_connections() -> None:
     assert cursor.fetchone()[0] == 1
     cursor.close()
     parents.rollback()  # (PostgreSQL: leave it in the pool as it was, outside a transaction)
+
+
+# -- the write-ahead log -------------------------------------------------------------
+
+
+@pytest.mark.skipif(not db.IS_SQLITE, reason="SQLite's write-ahead log")
+def test_the_log_starts_over_under_a_steady_stream_of_writes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    database = db.engine.url.database
+    assert database is not None
+    conn = sqlite3.connect(database, isolation_level=None)
+
+    def frames() -> int:
+        return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            jobs.submit(JobType.DATABASE_BACKUP, {}, None)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        # (Each frames() is a plain pass too: few of them, so that none catches up
+        # with the writer by luck.)
+        time.sleep(0.5)
+        grown = frames()
+        assert grown > 200
+        # A pass that ends under the write lock lets the next writer start it over.
+        monkeypatch.setattr(db._checkpointer, "RESTART_FRAMES", 200)
+        db._checkpointer.checkpoint(conn)
+        time.sleep(0.05)
+        assert frames() < grown
+    finally:
+        stop.set()
+        writer.join()
+        conn.close()
