@@ -66,3 +66,18 @@ def test_the_analytics_fragment_of_a_job_is_for_its_owner_once_completed() -> No
         assert client.get("/analytics/view", params={"jobId": job["id"]}).status_code == 409
         login(client, other)
         assert client.get("/analytics/view", params={"jobId": job["id"]}).status_code == 404
+
+
+def test_the_all_jobs_page_names_the_owners_of_jobs_for_admins() -> None:
+    owner = user_with_password(Role.HR_ADMIN, name="Ann O'Neil <HR>")
+    bystander = user_with_password(Role.MANAGER, name="Ben Bystander")
+    jobs.submit(JobType.DATABASE_BACKUP, {}, owner.id)
+    with app_client() as client:
+        login(client, user_with_password(Role.ADMIN))
+        page = client.get("/jobs").text
+        # JSON in a single-quoted attribute: quotes and markup arrive escaped.
+        assert f"""data-owners='{{"{owner.id}": "Ann O\\u0027Neil \\u003cHR\\u003e"}}'""" in page
+        assert "Bystander" not in page  # owns no job
+    with app_client() as client:
+        login(client, bystander)  # not an admin: sees only their own jobs, names no one
+        assert "data-owners='{}'" in client.get("/jobs").text

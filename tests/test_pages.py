@@ -417,6 +417,10 @@ def test_every_page_works_for_its_role(server: LiveServer, consumer: Any,
             await page.goto(f"{server.url}/jobs")
             # Admins see every job: HR's archive and their own backup.
             await expect(page.locator("#jobs-body tr[data-status=completed]")).to_have_count(2)
+            # Owners by name: HR's archive, the admin's own backup.
+            body = page.locator("#jobs-body")
+            await expect(body.get_by_role("cell", name=hr.name, exact=True)).to_have_count(1)
+            await expect(body.get_by_role("cell", name="me", exact=True)).to_have_count(1)
             await admin_tab.shot("jobs")
             for path in ("/import", "/reviews", "/reports", "/analytics", "/fiscal-years"):
                 await page.goto(f"{server.url}{path}")

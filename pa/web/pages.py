@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -16,7 +17,7 @@ from starlette.templating import Jinja2Templates
 
 from pa import __version__, analytics, charts, db, jobs
 from pa.errors import Conflict, NotFound
-from pa.models import ReviewStatus, Role
+from pa.models import Job, ReviewStatus, Role, User
 from pa.queue import JobType
 from pa.web.api_analytics import answer
 from pa.web.auth import Principal, current_user, require_user
@@ -89,7 +90,17 @@ async def jobs_page(request: Request) -> Response:
     user = await current_user(request)
     if user is None:
         return _to_login(request)
-    return _render(request, "jobs.html", "jobs", user)
+    # An admin sees everyone's jobs: name their owners (a job carries only an id).
+    owners = await run_in_threadpool(job_owner_names) if user.is_admin else {}
+    return _render(request, "jobs.html", "jobs", user, owners=owners)
+
+
+def job_owner_names() -> dict[int, str]:
+    """The name of every user who owns a job."""
+    job_owners = select(Job.user_id).where(Job.user_id.is_not(None)).distinct()
+    with db.read() as conn:
+        rows = conn.execute(select(User.id, User.name).where(User.id.in_(job_owners))).all()
+    return {row.id: row.name for row in rows}
 
 
 async def reviews_page(request: Request) -> Response:

@@ -1,6 +1,15 @@
 // / and /jobs: every job of the user (admins: everyone's), live.
 import { FINAL, api, el, label, me, outcome, progressBar, showMessage, store, when } from "../live.js";
 
+// Admins: the names of the jobs' owners when the page was made (id → name).
+let owners = {};
+
+function ownerName(job) {
+  if (job.userId === null) return "system";
+  if (job.userId === me.id) return "me";
+  return owners[job.userId] ?? `user ${job.userId}`;
+}
+
 function jobRow(job) {
   let progress;
   if (job.status === "pending" && job.error) {
@@ -19,7 +28,7 @@ function jobRow(job) {
     actions.append(el("button", { type: "button", onclick: () => jobAction(job, "retry") }, "Retry"));
   }
   const status = el("span", { class: `badge badge-${job.status}` }, job.cancelRequested && !FINAL.has(job.status) ? "cancelling" : job.status);
-  const owner = me.role === "admin" ? el("td", {}, job.userId === null ? "system" : job.userId === me.id ? "me" : `user ${job.userId}`) : null;
+  const owner = me.role === "admin" ? el("td", {}, ownerName(job)) : null;
   return el(
     "tr",
     { "data-job-id": job.id, "data-status": job.status },
@@ -41,6 +50,7 @@ async function jobAction(job, action) {
 
 export function start() {
   const tbody = document.getElementById("jobs-body");
+  owners = JSON.parse(tbody.dataset.owners || "{}");
   const columns = document.querySelectorAll("#jobs-table thead th").length;
   let scheduled = false;
   const render = () => {
