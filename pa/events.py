@@ -77,6 +77,27 @@ class RedisBus:
             for _ in commands:
                 conn.read_response()
 
+    def publish_then_pop(self, messages: tuple[str, ...], key: str,
+                         timeout: float | None) -> bytes | None:
+        """PUBLISH `messages`, then pop the lowest-scored member of the sorted set
+        `key` (BZPOPMIN, waiting up to `timeout` s; ZPOPMIN if None): one round trip.
+        The member, or None if the set stayed empty. Raises redis errors."""
+        conn = self._connection()
+        pop = ("ZPOPMIN", key) if timeout is None else ("BZPOPMIN", key, timeout)
+        commands = [("PUBLISH", JOBS_CHANNEL, m) for m in messages]
+        try:
+            conn.send_packed_command(conn.pack_commands([*commands, pop]))
+            for _ in commands:
+                conn.read_response()
+            reply = conn.read_response()
+        except BaseException:
+            conn.disconnect()  # replies may be left unread on it
+            raise
+        if not reply:  # nil (timed out) or [] (empty)
+            return None
+        # BZPOPMIN: [key, member, score]; ZPOPMIN: [member, score]
+        return bytes(reply[1] if timeout is not None else reply[0])
+
     def _connection(self) -> Any:
         held = getattr(self._local, "held", None)
         if held is None or held[0] != os.getpid():  # first use, or a forked child
@@ -163,8 +184,13 @@ def publish(message: str) -> None:
     _send(*take_held(), message)
 
 
+def publish_now(*messages: str) -> None:
+    """Send `messages` as they are (after nothing held); logged, never raised."""
+    _send(*messages)
+
+
 def take_held() -> tuple[str, ...]:
-    """This thread's held event, if any, for a caller that sends it before its own."""
+    """This thread's held events, for a caller that sends them before its own."""
     return _held.take()
 
 
@@ -175,21 +201,22 @@ def _send(*messages: str) -> None:
         log.warning("event not published (%s); clients heal from their next snapshot", exc)
 
 
-#: how long a held event may wait for the next event of its thread
+#: how long a held event may wait for the next event or queue read of its thread
 HOLD_SECONDS = 0.02
 
 
 def hold(message: str) -> None:
-    """Publish `message` with this thread's next event, or after HOLD_SECONDS.
+    """Publish `message` with this thread's next event or read of the queue, or
+    after HOLD_SECONDS.
 
-    For the claim's `processing` event: most jobs finish within milliseconds,
-    and their two events then travel in one round trip instead of two. A job
-    that runs longer shows `processing` at most HOLD_SECONDS (plus one tick of
-    the flusher) late. Events of one thread keep their order.
+    For the events of a consumer's worker thread: the claim's `processing`
+    event, and, where the queue carries them (pa.queue), the event of how the
+    job ended. Most jobs finish within milliseconds: their two events then
+    travel in one round trip, and that trip is the one that fetches the next
+    task. A job that runs longer shows `processing` at most HOLD_SECONDS (plus
+    one tick of the flusher) late. Events of one thread keep their order.
     """
-    earlier = _held.put(message)
-    if earlier is not None:
-        _send(earlier)
+    _held.put(message)
 
 
 def flush() -> None:
@@ -198,42 +225,46 @@ def flush() -> None:
 
 
 class _Held:
-    """One held event per thread, and the thread that sends those that wait too long."""
+    """Each thread's held events, and the thread that sends those that wait too long."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_thread: dict[int, tuple[float, str]] = {}
+        #: thread -> (when the first must go, the messages in order)
+        self._by_thread: dict[int, tuple[float, list[str]]] = {}
         self._pid = 0
 
-    def put(self, message: str) -> str | None:
-        """Hold `message` for this thread; returns the one it held before, if any."""
+    def put(self, message: str) -> None:
+        """Hold `message` after those this thread holds already."""
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child
                 self._pid = os.getpid()
                 self._by_thread.clear()
                 threading.Thread(target=self._flush_forever, daemon=True,
                                  name="pa-held-events").start()
-            earlier = self._by_thread.pop(threading.get_ident(), None)
-            self._by_thread[threading.get_ident()] = (time.monotonic() + HOLD_SECONDS, message)
-        return earlier[1] if earlier else None
+            held = self._by_thread.get(threading.get_ident())
+            if held is None:
+                self._by_thread[threading.get_ident()] = (
+                    time.monotonic() + HOLD_SECONDS, [message])
+            else:
+                held[1].append(message)
 
     def take(self) -> tuple[str, ...]:
-        """This thread's held event (to send before its next one), if any."""
+        """This thread's held events (to send before its next one), if any."""
         if not self._by_thread:  # the usual case outside the consumer: no lock
             return ()
         with self._lock:
             held = self._by_thread.pop(threading.get_ident(), None)
-        return (held[1],) if held else ()
+        return tuple(held[1]) if held else ()
 
     def flush(self, only_due: bool = False) -> None:
         # Sent while holding the lock: a thread that publishes meanwhile waits,
-        # so that its next event cannot overtake the held one.
+        # so that its next event cannot overtake the held ones.
         with self._lock:
             now = time.monotonic()
             due = [t for t, (deadline, _) in self._by_thread.items()
                    if not only_due or deadline <= now]
             if due:
-                _send(*(self._by_thread.pop(t)[1] for t in due))
+                _send(*(m for t in due for m in self._by_thread.pop(t)[1]))
 
     def _flush_forever(self) -> None:
         while True:

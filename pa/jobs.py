@@ -28,7 +28,7 @@ from sqlalchemy import (
 from pa import db, events
 from pa.errors import Conflict, Invalid, NotFound
 from pa.models import FINAL_STATUSES, Job, JobStatus
-from pa.queue import JOB_SPECS, RUN_JOB, JobType, huey
+from pa.queue import JOB_SPECS, RUN_JOB, EventCarryingStorage, JobType, huey
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,12 @@ def one_redis() -> bool:
             and bus.url == settings.redis_url)
 
 
+def queue_carries_events() -> bool:
+    """Whether this process's worker threads send held events with their next
+    read of the queue (pa.queue.EventCarryingStorage, the bus on the same Redis)."""
+    return isinstance(huey.storage, EventCarryingStorage) and one_redis()
+
+
 class _OnPipeline:
     """Stands in for Huey's Redis storage so that Huey's own enqueue code
     (`RedisPriorityQueue.enqueue`: the ordering prefix, the score) writes to a
@@ -239,13 +245,16 @@ def change(
     expect_status: tuple[str, ...] | None = None,
     conn: Connection | None = None,
     publish: bool = True,
+    hold: bool = False,
 ) -> dict[str, Any] | None:
     """Change a job row if it matches `expect`; bump version, commit, publish.
 
     Returns the new Job object, or None when the row did not match (someone
     else changed it first). With `conn`, the caller commits and must publish.
     publish=False is for throttled progress only: a status change is always
-    published.
+    published. hold=True holds the event for this thread's next read of the
+    queue (events.hold): for the worker's last change of a job, where
+    queue_carries_events().
     """
     expect = expect or {}
     stmt = _change_statement(tuple(values), tuple(expect), bool(expect_status))
@@ -266,7 +275,7 @@ def change(
         return None
     job = job_to_dict(row)
     if publish:
-        events.publish(events.job_event(job))
+        (events.hold if hold else events.publish)(events.job_event(job))
     return job
 
 

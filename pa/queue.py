@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from huey import Huey, PriorityRedisHuey, SqliteHuey
 from huey.api import Task
+from huey.storage import PriorityRedisStorage
 
+from pa import events
 from pa.settings import settings
+
+log = logging.getLogger(__name__)
 
 
 class JobType(str, enum.Enum):
@@ -85,8 +91,39 @@ class _JobsAreNotRevoked:
         return super().delete(key)  # type: ignore[misc]
 
 
+class EventCarryingStorage(PriorityRedisStorage):
+    """Huey's priority queue on Redis, whose read also sends the reading thread's
+    held job events (events.hold) when the event bus is the same Redis.
+
+    A worker thread reads the queue again the moment its task returns, and a
+    job's last events (`processing`, then how it ended) are held until then:
+    they cost no round trip of their own, the one that fetches the next task
+    carries them. Should that read fail, the events go the ordinary way and
+    Huey's own read runs.
+    """
+
+    def dequeue(self) -> bytes | None:
+        held = events.take_held()
+        if not held:
+            return super().dequeue()  # type: ignore[no-any-return]
+        bus = events.bus
+        if isinstance(bus, events.RedisBus) and bus.url == settings.redis_url:
+            # (The bus's client times out after 5 s: wait less than that.)
+            timeout = min(self.read_timeout, 4) if self.blocking else None
+            try:
+                data = bus.publish_then_pop(held, self.queue_key, timeout)
+            except redis.RedisError as exc:
+                log.warning("queue read with events failed (%s); sending them alone", exc)
+            else:
+                return data[8:] if data is not None else None  # (Huey's ordering prefix)
+        events.publish_now(*held)
+        return super().dequeue()  # type: ignore[no-any-return]
+
+
 class TrackedRedisHuey(_JobsAreNotRevoked, PriorityRedisHuey):
-    """PriorityRedisHuey, minus revocation for run_job."""
+    """PriorityRedisHuey, minus revocation for run_job, its reads carrying events."""
+
+    storage_class = EventCarryingStorage
 
 
 class TrackedSqliteHuey(_JobsAreNotRevoked, SqliteHuey):

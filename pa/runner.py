@@ -158,6 +158,9 @@ def execute(job_id: str) -> None:
 
 def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
     owner = ctx._owner
+    # The job's last events wait for this thread's next read of the queue, which
+    # follows at once and sends them (pa.queue.EventCarryingStorage).
+    hold = jobs.queue_carries_events()
     try:
         result = handler(ctx)
     except JobLost:
@@ -168,13 +171,13 @@ def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
             ctx.job_id,
             {"status": JobStatus.CANCELLED.value, "completed_at": db.utcnow(),
              "worker_id": None},
-            expect=owner,
+            expect=owner, hold=hold,
         )
         return
     except Exception as exc:
         # (BaseException, e.g. an interrupted process worker, is not a failure:
         # the consumer's interrupted-task handler puts the job back in the queue.)
-        _failed(ctx, row, exc)
+        _failed(ctx, row, exc, hold)
         return
     jobs.change(
         ctx.job_id,
@@ -187,11 +190,11 @@ def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
             "worker_id": None,
             **ctx.finish_values(),
         },
-        expect=owner,
+        expect=owner, hold=hold,
     )
 
 
-def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception) -> None:
+def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception, hold: bool) -> None:
     error = _describe(exc)
     retryable = not isinstance(exc, PermanentJobError)
     retry_number = ctx.attempt - row["retry_base"]
@@ -203,7 +206,7 @@ def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception) -> None:
             ctx.job_id,
             {"status": JobStatus.PENDING.value, "error": error, "worker_id": None,
              "run_after": db.utcnow() + timedelta(seconds=delay)},
-            expect=ctx._owner,
+            expect=ctx._owner, hold=hold,
         )
         if job is not None:
             jobs.enqueue(ctx.job_id, row["priority"], delay=delay)
@@ -212,5 +215,5 @@ def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception) -> None:
         ctx.job_id,
         {"status": JobStatus.FAILED.value, "error": error, "completed_at": db.utcnow(),
          "worker_id": None},
-        expect=ctx._owner,
+        expect=ctx._owner, hold=hold,
     )

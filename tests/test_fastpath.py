@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import exc, func, insert, select
 
 from pa import db, events, jobs, runner
 from pa.models import Job
-from pa.queue import JobType
+from pa.queue import EventCarryingStorage, JobType
 from tests.services import RedisServer, subscribed, wait_for
 
 _INSERT = insert(jobs.jobs_table).returning(*jobs.jobs_table.c)
@@ -98,11 +99,51 @@ def test_a_held_event_is_sent_alone_when_nothing_follows(channel: list[str]) -> 
     wait_for(lambda: "lonely" in channel, timeout=5, message="the held event")
 
 
-def test_a_second_hold_sends_the_first(channel: list[str]) -> None:
+def test_held_events_keep_their_order(channel: list[str]) -> None:
     events.hold("first")
     events.hold("second")
     wait_for(lambda: "second" in channel, timeout=5, message="both events")
     assert channel.index("first") < channel.index("second")
+
+
+@pytest.fixture
+def carrying_queue(redis_server: RedisServer) -> Iterator[EventCarryingStorage]:
+    """A queue of its own (not the suite's consumers'), on the bus's Redis."""
+    storage = EventCarryingStorage(name=f"carry-{time.perf_counter_ns()}",
+                                   url=redis_server.url, read_timeout=1)
+    yield storage
+    storage.conn.delete(storage.queue_key)
+
+
+def test_a_queue_read_sends_the_threads_held_events(
+        channel: list[str], carrying_queue: EventCarryingStorage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Held for a minute: only the read can have sent them.
+    monkeypatch.setattr(events, "HOLD_SECONDS", 60.0)
+    carrying_queue.enqueue(b"task-1", priority=5)
+    events.hold("processing-1")
+    events.hold("completed-1")
+    assert carrying_queue.dequeue() == b"task-1"
+    assert events.take_held() == ()
+    wait_for(lambda: "completed-1" in channel, timeout=5, message="the carried events")
+    assert channel.index("processing-1") < channel.index("completed-1")
+    # An empty queue: the read waits (up to its read_timeout) after sending them.
+    events.hold("completed-2")
+    assert carrying_queue.dequeue() is None
+    wait_for(lambda: "completed-2" in channel, timeout=5, message="the carried event")
+
+
+def test_a_queue_read_that_fails_still_sends_the_held_events(
+        channel: list[str], carrying_queue: EventCarryingStorage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "HOLD_SECONDS", 60.0)
+    carrying_queue.conn.set(carrying_queue.queue_key, "not a sorted set")
+    events.hold("completed-3")
+    # Huey's own read fails the same way after them: its worker logs it and waits.
+    with pytest.raises(redis.ResponseError):
+        carrying_queue.dequeue()
+    wait_for(lambda: "completed-3" in channel, timeout=5, message="the held event")
+    assert events.take_held() == ()
 
 
 def test_threads_keep_their_own_order(channel: list[str]) -> None:
