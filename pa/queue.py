@@ -105,7 +105,7 @@ class EventCarryingStorage(PriorityRedisStorage):
     def dequeue(self) -> bytes | None:
         held = events.take_held()
         if not held:
-            return super().dequeue()  # type: ignore[no-any-return]
+            return super().dequeue()
         bus = events.bus
         if isinstance(bus, events.RedisBus) and bus.url == settings.redis_url:
             # (The bus's client times out after 5 s: wait less than that.)
@@ -117,7 +117,7 @@ class EventCarryingStorage(PriorityRedisStorage):
             else:
                 return data[8:] if data is not None else None  # (Huey's ordering prefix)
         events.publish_now(*held)
-        return super().dequeue()  # type: ignore[no-any-return]
+        return super().dequeue()
 
 
 class TrackedRedisHuey(_JobsAreNotRevoked, PriorityRedisHuey):
