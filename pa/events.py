@@ -171,6 +171,12 @@ class LocalBus:
         pass
 
 
+def bus_on(url: str | None) -> RedisBus | None:
+    """The event bus, if it is Redis at `url` (then commands for it and for a
+    queue on that Redis can share a round trip); else None."""
+    return bus if isinstance(bus, RedisBus) and bus.url == url else None
+
+
 def create_bus() -> Bus:
     return RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
 

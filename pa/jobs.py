@@ -161,9 +161,8 @@ def dispatch(job: dict[str, Any]) -> None:
 def one_redis() -> bool:
     """Whether the event bus and Huey's queue are the same Redis: then a job's
     event and its task go in one round trip (the hot path of every submit)."""
-    bus = events.bus
-    return (isinstance(huey.storage, RedisPriorityQueue) and isinstance(bus, events.RedisBus)
-            and bus.url == settings.redis_url)
+    return (isinstance(huey.storage, RedisPriorityQueue)
+            and events.bus_on(settings.redis_url) is not None)
 
 
 def queue_carries_events() -> bool:
