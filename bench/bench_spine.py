@@ -104,9 +104,9 @@ def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
     from sqlalchemy import func, select
 
     from pa import db, heartbeat, jobs
+    from pa.handlers import HANDLERS
     from pa.models import Job
     from pa.queue import JobType, huey
-    from pa.tasks import HANDLERS
     from pa.worker import EmbeddedConsumer
 
     # Shared memory, so that process workers (forked) count into it too.

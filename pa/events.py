@@ -184,15 +184,10 @@ def create_bus() -> Bus:
 bus: Bus = create_bus()
 
 
-def publish(message: str) -> None:
-    """Send an event (after this thread's held one); a failure is logged, never
-    raised (the Job row stays the truth)."""
-    _send(*take_held(), message)
-
-
-def publish_now(*messages: str) -> None:
-    """Send `messages` as they are (after nothing held); logged, never raised."""
-    _send(*messages)
+def publish(*messages: str) -> None:
+    """Send events (after this thread's held ones, in one round trip); a failure
+    is logged, never raised (the Job row stays the truth)."""
+    _send(*take_held(), *messages)
 
 
 def take_held() -> tuple[str, ...]:
@@ -209,6 +204,8 @@ def _send(*messages: str) -> None:
 
 #: how long a held event may wait for the next event or queue read of its thread
 HOLD_SECONDS = 0.02
+#: how often the flusher looks for held events that waited long enough
+FLUSH_TICK = HOLD_SECONDS / 2
 
 
 def hold(message: str) -> None:
@@ -274,7 +271,7 @@ class _Held:
 
     def _flush_forever(self) -> None:
         while True:
-            time.sleep(HOLD_SECONDS / 2)
+            time.sleep(FLUSH_TICK)
             self.flush(only_due=True)
 
 

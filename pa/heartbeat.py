@@ -14,7 +14,6 @@ from sqlalchemy import update
 
 from pa import db
 from pa.events import key
-from pa.jobs import jobs_table
 from pa.models import Job, JobStatus
 from pa.settings import settings
 
@@ -72,7 +71,7 @@ def beat() -> None:
         try:
             with db.begin() as conn:
                 conn.execute(
-                    update(jobs_table)
+                    update(Job)
                     .where(Job.id.in_(ids), Job.worker_id == wid,
                            Job.status == JobStatus.PROCESSING.value)
                     .values(heartbeat_at=db.utcnow())

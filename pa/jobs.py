@@ -28,7 +28,15 @@ from sqlalchemy import (
 from pa import db, events
 from pa.errors import Conflict, Invalid, NotFound
 from pa.models import FINAL_STATUSES, Job, JobStatus
-from pa.queue import JOB_SPECS, RUN_JOB, EventCarryingStorage, JobType, huey
+from pa.queue import (
+    JOB_SPECS,
+    RUN_JOB,
+    EventCarryingStorage,
+    JobType,
+    huey,
+    queue_member,
+    queue_score,
+)
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
@@ -42,13 +50,23 @@ _FINAL = tuple(s.value for s in FINAL_STATUSES)
 _INSERT = db.Prepared(insert(jobs_table).returning(*_ALL))
 
 
+#: what runs a job in this process; the consumer binds it (pa.worker), so that the
+#: web process, which only enqueues, never loads the runner and the task code
+_executor: Callable[[str], None] | None = None
+
+
+def bind_executor(execute: Callable[[str], None]) -> None:
+    """Make `run_job` call `execute(job_id)` in this process (the consumer's runner)."""
+    global _executor
+    _executor = execute
+
+
 @huey.task(name=RUN_JOB)
 def run_job(job_id: str) -> None:
     """The one Huey task: run job `job_id` in the consumer."""
-    # Imported here so that the web process never loads task code.
-    from pa.runner import execute
-
-    execute(job_id)
+    if _executor is None:
+        raise RuntimeError("no job runner in this process: a consumer imports pa.worker")
+    _executor(job_id)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -165,30 +183,20 @@ def one_redis() -> bool:
             and events.bus_on(settings.redis_url) is not None)
 
 
-def queue_carries_events() -> bool:
+def _queue_carries_events() -> bool:
     """Whether this process's worker threads send held events with their next
     read of the queue (pa.queue.EventCarryingStorage, the bus on the same Redis)."""
     return isinstance(huey.storage, EventCarryingStorage) and one_redis()
 
 
-class _OnPipeline:
-    """Stands in for Huey's Redis storage so that Huey's own enqueue code
-    (`RedisPriorityQueue.enqueue`: the ordering prefix, the score) writes to a
-    pipeline instead of sending a command of its own."""
-
-    def __init__(self, queue_key: str, pipe: Any) -> None:
-        self.queue_key = queue_key
-        self.conn = pipe
-
-
-def queue_commands(pipe: Any, job: dict[str, Any]) -> None:
-    """Add the job's event (after this thread's held one) and its Huey task to a
+def queue_commands(pipe: Any, job: dict[str, Any], queue_key: str | None = None) -> None:
+    """Add the job's event (after this thread's held ones) and its Huey task to a
     Redis pipeline, blocking or asyncio; only when one_redis()."""
     for message in (*events.take_held(), events.job_event(job)):
         pipe.publish(events.JOBS_CHANNEL, message)
     data = huey.serialize_task(run_job.s(job["id"], id=job["id"], priority=job["priority"]))
-    storage: Any = huey.storage
-    RedisPriorityQueue.enqueue(_OnPipeline(storage.queue_key, pipe), data, job["priority"])
+    key = queue_key or cast(Any, huey.storage).queue_key
+    pipe.zadd(key, {queue_member(data): queue_score(job["priority"])})
 
 
 def submit(
@@ -244,16 +252,16 @@ def change(
     expect_status: tuple[str, ...] | None = None,
     conn: Connection | None = None,
     publish: bool = True,
-    hold: bool = False,
+    last: bool = False,
 ) -> dict[str, Any] | None:
     """Change a job row if it matches `expect`; bump version, commit, publish.
 
     Returns the new Job object, or None when the row did not match (someone
     else changed it first). With `conn`, the caller commits and must publish.
     publish=False is for throttled progress only: a status change is always
-    published. hold=True holds the event for this thread's next read of the
-    queue (events.hold): for the worker's last change of a job, where
-    queue_carries_events().
+    published. last=True marks a worker thread's last change of a job: where
+    that thread's next read of the queue can carry the event (pa.queue), it
+    waits for that read instead of a round trip of its own.
     """
     expect = expect or {}
     stmt = _change_statement(tuple(values), tuple(expect), bool(expect_status))
@@ -274,7 +282,8 @@ def change(
         return None
     job = job_to_dict(row)
     if publish:
-        (events.hold if hold else events.publish)(events.job_event(job))
+        carried = last and _queue_carries_events()
+        (events.hold if carried else events.publish)(events.job_event(job))
     return job
 
 

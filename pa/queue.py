@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +93,23 @@ class _JobsAreNotRevoked:
         return super().delete(key)  # type: ignore[misc]
 
 
+def queue_member(data: bytes) -> bytes:
+    """A serialized task as Huey's Redis priority queue stores it: an 8-byte
+    big-endian microsecond stamp first, which keeps equal priorities in order
+    (huey.storage.RedisPriorityQueue; tests/test_huey_contract.py)."""
+    return struct.pack(">Q", int(time.time() * 1e6)) + data
+
+
+def queue_score(priority: int) -> int:
+    """The member's score: the queue pops the lowest first, Huey the highest priority."""
+    return -priority
+
+
+def member_data(member: bytes) -> bytes:
+    """The serialized task inside a queue member."""
+    return member[8:]
+
+
 class EventCarryingStorage(PriorityRedisStorage):
     """Huey's priority queue on Redis, whose read also sends the reading thread's
     held job events (events.hold) when the event bus is the same Redis.
@@ -115,8 +134,8 @@ class EventCarryingStorage(PriorityRedisStorage):
             except redis.RedisError as exc:
                 log.warning("queue read with events failed (%s); sending them alone", exc)
             else:
-                return data[8:] if data is not None else None  # (Huey's ordering prefix)
-        events.publish_now(*held)
+                return member_data(data) if data is not None else None
+        events.publish(*held)
         return super().dequeue()
 
 

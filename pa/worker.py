@@ -14,14 +14,16 @@ from huey.consumer import Consumer
 from huey.signals import SIGNAL_INTERRUPTED
 from sqlalchemy import func, select
 
-import pa.tasks  # noqa: F401  (registers every handler)
-from pa import db, events, heartbeat, jobs, retention
+from pa import db, events, heartbeat, jobs, retention, runner
 from pa.events import key
 from pa.models import Job, JobStatus
 from pa.queue import huey
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
+
+# This process runs jobs: Huey's run_job calls the runner (which loads every task).
+jobs.bind_executor(runner.execute)
 
 __all__ = ["huey", "reap", "Maintenance", "EmbeddedConsumer", "start_embedded"]
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import exc, func, insert, select
 
-from pa import db, events, jobs, runner
+from pa import db, events, handlers, jobs
 from pa.models import Job
 from pa.queue import EventCarryingStorage, JobType
 from tests.services import RedisServer, subscribed, wait_for
@@ -176,7 +176,7 @@ def test_a_checkpoint_inside_the_throttle_window_is_written_but_not_published(
     job = jobs.submit(JobType.DATABASE_BACKUP, {}, None)
     row = jobs.claim(job["id"], "test-worker")
     assert row is not None
-    ctx = runner.JobContext(row, "test-worker")
+    ctx = handlers.JobContext(row, "test-worker")
     ctx.progress(1, 3, "one", checkpoint={"n": 1})  # due: written and published
     ctx.progress(2, 3, "two", checkpoint={"n": 2})  # within the window: written only
     stored = jobs.load_row(job["id"])
@@ -188,7 +188,7 @@ def test_a_checkpoint_inside_the_throttle_window_is_written_but_not_published(
                 if e["data"]["id"] == job["id"]]
 
     wait_for(lambda: 3 in versions(), timeout=5, message="the first progress event")
-    time.sleep(runner.PROGRESS_INTERVAL + 0.1)
+    time.sleep(handlers.PROGRESS_INTERVAL + 0.1)
     assert versions() == [1, 2, 3]
     ctx.progress(3, 3, "three", force=True)
     wait_for(lambda: 5 in versions(), timeout=5, message="the forced progress event")
@@ -327,6 +327,8 @@ def _revocation_commands(client: Any) -> tuple[int, int]:
 def _run_next_task() -> None:
     """What a consumer's worker thread does with the next message: dequeue, execute."""
     from pa.queue import huey
+
+    import pa.worker  # noqa: F401  (this test acts as the consumer: its runner runs the job)
 
     task = huey.dequeue()
     assert task is not None

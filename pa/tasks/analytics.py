@@ -6,9 +6,8 @@ from typing import Any
 
 from pa import analytics
 from pa.errors import Invalid, PermanentJobError
+from pa.handlers import JobContext, handler
 from pa.queue import JobType
-from pa.runner import JobContext
-from pa.tasks import handler
 
 #: the phases analytics.compute() reports: fingerprint, aggregate, movers, save
 PHASES = 4

@@ -31,11 +31,10 @@ from sqlalchemy import cast as sql_cast
 from pa import archive, db
 from pa.archive import ARCHIVED, reviews
 from pa.errors import PermanentJobError
+from pa.handlers import JobContext, handler
 from pa.models import User
 from pa.queue import JobType
-from pa.runner import JobContext
 from pa.settings import settings
-from pa.tasks import handler
 
 users = cast(Table, User.__table__)
 

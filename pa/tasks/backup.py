@@ -16,10 +16,9 @@ from croniter import croniter
 
 from pa import backup, db
 from pa.errors import NotFound
+from pa.handlers import JobContext, handler
 from pa.queue import JobType, Priority, huey
-from pa.runner import JobContext
 from pa.settings import settings
-from pa.tasks import handler
 
 
 @dataclass(frozen=True)

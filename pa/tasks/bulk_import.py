@@ -34,11 +34,10 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from pa import db, imports, jobs
 from pa.errors import JobLost, PermanentJobError, Unprocessable
+from pa.handlers import JobContext, handler
 from pa.models import JobStatus, User
 from pa.queue import JobType
-from pa.runner import JobContext
 from pa.settings import settings
-from pa.tasks import handler
 
 #: rows per transaction (and per progress report)
 BATCH = 5000

@@ -10,11 +10,10 @@ from sqlalchemy.orm import aliased
 
 from pa import db, mail
 from pa.errors import PermanentJobError
+from pa.handlers import JobContext, handler
 from pa.models import Review, Role, User
 from pa.queue import JobType
-from pa.runner import JobContext
 from pa.settings import settings
-from pa.tasks import handler
 
 #: what each kind of notification needs: its template and how to find recipients
 KINDS = {"review_submitted"}

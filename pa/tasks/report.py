@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from pa.errors import PermanentJobError
+from pa.handlers import JobContext, handler
 from pa.queue import JobType
 from pa.reports.build import build_report, remove_leftovers
 from pa.reports.data import file_name
-from pa.runner import JobContext
 from pa.settings import settings
-from pa.tasks import handler
 
 
 def _payload(payload: dict[str, Any]) -> tuple[int, str | None]:

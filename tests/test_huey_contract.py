@@ -1,0 +1,96 @@
+"""What pa relies on inside Huey (pyproject pins the tested range): these fail when a
+Huey release changes it.
+
+- The layout of a priority queue's member: an 8-byte ordering prefix, then the
+  serialized task, scored by minus the priority. pa writes members itself (the
+  submit's one round trip: jobs.queue_commands) and reads them itself (the
+  worker's read that carries events: queue.EventCarryingStorage).
+- The revocation calls Huey makes around a task, which pa skips for run_job
+  (tests/test_fastpath.py counts them on a real Redis).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from huey.storage import PriorityRedisStorage
+
+from pa import events, jobs
+from pa.queue import RUN_JOB, EventCarryingStorage, JobType, huey
+from tests.services import RedisServer
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of its own, so that no consumer of the suite reads it."""
+    return f"contract-{time.perf_counter_ns()}"
+
+
+@pytest.fixture
+def stock(redis_server: RedisServer, queue_name: str) -> Iterator[PriorityRedisStorage]:
+    """Huey's own priority storage, unchanged by pa."""
+    storage = PriorityRedisStorage(name=queue_name, url=redis_server.url, read_timeout=1)
+    yield storage
+    storage.conn.delete(storage.queue_key)
+
+
+@pytest.fixture
+def carrying(redis_server: RedisServer, queue_name: str) -> EventCarryingStorage:
+    """pa's storage on the same queue."""
+    return EventCarryingStorage(name=queue_name, url=redis_server.url, read_timeout=1)
+
+
+def _job(job_id: str, priority: int) -> dict[str, Any]:
+    return {"id": job_id, "priority": priority}
+
+
+def _write_as_pa(storage: PriorityRedisStorage, job: dict[str, Any]) -> None:
+    """What jobs.dispatch() sends for a job, aimed at `storage`'s queue."""
+    pipe = storage.conn.pipeline(transaction=False)
+    jobs.queue_commands(pipe, job, queue_key=storage.queue_key)
+    pipe.execute()
+
+
+def _read(data: bytes | None) -> tuple[str, tuple[Any, ...], str, int | None]:
+    assert data is not None
+    task = huey.deserialize_task(data)
+    return task.name, tuple(task.args), task.id, task.priority
+
+
+def test_hueys_own_storage_reads_a_job_that_pa_wrote(stock: PriorityRedisStorage) -> None:
+    _write_as_pa(stock, _job("job-low", 1))
+    _write_as_pa(stock, _job("job-high", 10))
+    # Higher priority first, and each member whole after Huey strips its prefix.
+    assert _read(stock.dequeue()) == (RUN_JOB, ("job-high",), "job-high", 10)
+    assert _read(stock.dequeue()) == (RUN_JOB, ("job-low",), "job-low", 1)
+    assert stock.dequeue() is None
+
+
+def test_pa_reads_what_huey_wrote_while_it_carries_events(
+        stock: PriorityRedisStorage, carrying: EventCarryingStorage,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "HOLD_SECONDS", 60.0)  # only the read sends it
+    task = jobs.run_job.s("job-1", id="job-1", priority=5)
+    stock.enqueue(huey.serialize_task(task), priority=5)
+    events.hold("held")
+    assert _read(carrying.dequeue()) == (RUN_JOB, ("job-1",), "job-1", 5)
+    assert events.take_held() == ()
+
+
+def test_equal_priorities_keep_their_order_across_both_writers(
+        stock: PriorityRedisStorage) -> None:
+    _write_as_pa(stock, _job("first", 5))
+    stock.enqueue(huey.serialize_task(jobs.run_job.s("second", id="second", priority=5)),
+                  priority=5)
+    _write_as_pa(stock, _job("third", 5))
+    order = [_read(stock.dequeue())[2] for _ in range(3)]
+    assert order == ["first", "second", "third"]
+
+
+def test_a_job_type_enqueued_through_submit_lands_in_hueys_queue() -> None:
+    job = jobs.submit(JobType.DATABASE_BACKUP, {}, None)
+    pending = [t.id for t in huey.pending()]
+    assert job["id"] in pending
