@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	$(BIN)/python -m pip install -q -e '.[test,dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,8 +53,13 @@ lint: install
 	$(BIN)/ruff check pa tests bench run_web.py run_consumer.py
 	$(BIN)/mypy
 
-bench: install
-	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+# bench_all.py runs bench_spine.py on both databases (wrk is the second, independent
+# client) and draws docs/bench/*.png; then the benchmarks of the single job types.
+bench: install system-deps services
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/bench_all.py
+	@for b in bench/bench_report.py bench/bench_analytics.py bench/bench_import.py \
+	          bench/bench_archive.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -97,6 +97,10 @@ def seed(reviews: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- drain
+#: what the run measured, for --json (bench/bench_all.py plots it)
+figures: dict[str, list[dict[str, object]]] = {"drain": [], "sweep": [], "http": []}
+
+
 def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
     """Set up the drain of `n` jobs; returns what runs rounds of it: (number, worker type)."""
     from huey.consumer import Consumer
@@ -126,6 +130,36 @@ def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
     # The tracked job's handler does nothing either: what is measured is the
     # tracking layer (claim, version bumps, commits, publishes), not a task's work.
     HANDLERS[JobType.DATABASE_BACKUP] = lambda ctx: {"name": "noop", "bytes": 0}
+
+    # The naive tracking layer a first version would write: SQLAlchemy Core on an
+    # engine of its own (default pool), two UPDATE + COMMIT and two PUBLISH per job.
+    import redis
+    from sqlalchemy import create_engine, insert, update
+
+    naive_engine = create_engine(os.environ["PA_DATABASE_URL"],
+                                 connect_args={"timeout": 30}
+                                 if os.environ["PA_DATABASE_URL"].startswith("sqlite") else {})
+    naive_bus = redis.Redis.from_url(os.environ["PA_REDIS_URL"])
+
+    @huey.task(name="bench.naive")
+    def naive_job(job_id: str) -> None:
+        for status in ("processing", "completed"):
+            with naive_engine.begin() as conn:
+                conn.execute(update(Job).where(Job.id == job_id)
+                             .values(status=status, version=Job.version + 1,
+                                     updated_at=db.utcnow()))
+            naive_bus.publish("bench:naive", json.dumps({"id": job_id, "status": status}))
+
+    def naive_rows(count: int, round_: int) -> list[str]:
+        now = db.utcnow()
+        ids = [f"naive{round_}-{i}" for i in range(count)]
+        with db.begin() as conn:
+            conn.execute(insert(Job), [dict(id=i, type="database_backup", status="pending",
+                                            priority=1, payload={}, attempts=0, max_retries=0,
+                                            retry_base=0, time_limit=60, version=1,
+                                            cancel_requested=False, created_at=now,
+                                            updated_at=now) for i in ids])
+        return ids
 
     def children_cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -160,6 +194,10 @@ def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
                 raw_noop(i, priority=1)
             raw_enq = n / (time.perf_counter() - t0)
             raw_s, raw_cpu = run_consumer(lambda: done.value >= n, kind)
+            for job_id in naive_rows(n, round_):
+                naive_job(job_id, priority=1)
+            done.value = 0
+            naive_s, _ = run_consumer(lambda: done.value >= n, kind)
             base = completed()
             t0 = time.perf_counter()
             for _ in range(n):
@@ -171,11 +209,14 @@ def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
             lines.append(
                 f"round {round_} (2 {kind} workers): raw Huey: enqueue {raw_enq:,.0f}/s, "
                 f"drain {n / raw_s:,.0f} jobs/s "
-                f"({raw_cpu / n * 1e6:.0f} us CPU/job) | tracked: submit {tr_enq:,.0f}/s, drain "
+                f"({raw_cpu / n * 1e6:.0f} us CPU/job) | naive tracking: drain "
+                f"{n / naive_s:,.0f} jobs/s | tracked: submit {tr_enq:,.0f}/s, drain "
                 f"{n / tr_s:,.0f} jobs/s ({tr_cpu / n * 1e6:.0f} us CPU/job) | "
                 f"tracked/raw drain = {raw_s / tr_s:.2f}"
             )
             print(lines[-1], flush=True)
+            figures["drain"].append({"round": round_, "workers": kind, "raw": n / raw_s,
+                                     "naive": n / naive_s, "tracked": n / tr_s})
             if kind == "thread":
                 ratios.append(raw_s / tr_s)
         if len(ratios) > 1:
@@ -204,7 +245,7 @@ def login(port: int, email: str) -> str:
 
 
 async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
-                     web_pid: int, consumer: Consumers) -> list[str]:
+                     web_pid: int, consumer: Consumers, rates: Sequence[int]) -> list[str]:
     import websockets
 
     manager = login(port, "mgr@bench")
@@ -255,18 +296,25 @@ async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
                 lag.append((t, late))
 
     watcher = asyncio.create_task(watch())
-    # 3 s of warm-up at the measured rate on the same connections, then 10 s
-    # measured: the first fraction of a second at 200 req/s (new connections,
-    # threads, caches) is not the steady state the figure is about.
-    r = await open_loop("127.0.0.1", port, 200, 10, make, warmup=3)
+    # Each offered rate: 3 s of warm-up at that rate on the same connections, then
+    # 10 s measured: the first fraction of a second (new connections, threads,
+    # caches) is not the steady state the figure is about.
+    for rate in rates:
+        lag.clear()
+        r = await open_loop("127.0.0.1", port, rate, 10, make, warmup=3)
+        lines.append(f"submit-to-hr, open loop {rate} req/s for 10 s: {r.summary()}")
+        print(lines[-1], flush=True)
+        print(f"  the slowest 1% started at (s into the run: latency): {r.slowest()}",
+              flush=True)
+        print("  load generator's own stalls over 20 ms: "
+              + (", ".join(f"{t - r.started:.2f}s:{late * 1000:.0f}ms" for t, late in lag)
+                 or "none"),
+              flush=True)
+        figures["sweep"].append({"offered": rate, "achieved": r.rate, "p50": r.pct(50),
+                                 "p90": r.pct(90), "p99": r.pct(99),
+                                 "max": max(r.latencies) * 1000,
+                                 "ok": r.statuses.get(202, 0), "requests": len(r.latencies)})
     watcher.cancel()
-    lines.append(f"submit-to-hr, open loop 200 req/s for 10 s: {r.summary()}")
-    print(lines[-1], flush=True)
-    print(f"  the slowest 1% started at (s into the run: latency): {r.slowest()}", flush=True)
-    print("  load generator's own stalls over 20 ms: "
-          + (", ".join(f"{t - r.started:.2f}s:{late * 1000:.0f}ms" for t, late in lag)
-             or "none"),
-          flush=True)
     # Saturation of the web process alone: the consumer drains gracefully and
     # stops, the jobs queue up (as they would behind consumers on other cores).
     await asyncio.to_thread(consumer.stop)
@@ -282,13 +330,29 @@ async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
     lines.append(f"submit-to-hr, 32 clients closed loop for 10 s, consumer stopped: "
                  f"{r.summary()}; web CPU {cpu:.2f} ms/request")
     print(lines[-1], flush=True)
+    figures["http"].append({"client": "loadgen", "consumer": "stopped", "rps": r.rate,
+                            "p50": r.pct(50), "p99": r.pct(99)})
     if prof:
         prof.wait()
+    if shutil.which("wrk"):
+        # A second, independent client (C, its own process) on the same route and
+        # the same kind of request: distinct reviews, the manager's cookie.
+        first = next(ids)
+        w = await asyncio.to_thread(run_wrk, port, manager, first, 32, 5, 10)
+        for _ in range(w["requests"]):
+            next(ids, None)
+        lines.append(f"submit-to-hr, wrk 32 connections for 10 s (5 s warm-up), consumer "
+                     f"stopped: {w['rps']:,.0f} req/s, p50 {w['p50']:.1f} ms, "
+                     f"p99 {w['p99']:.1f} ms, non-2xx {w['non2xx']}")
+        print(lines[-1], flush=True)
+        figures["http"].append({"client": "wrk", "consumer": "stopped", **w})
     consumer.start()
     r = await closed_loop("127.0.0.1", port, 32, 10, make)
     lines.append(f"submit-to-hr, 32 clients closed loop for 10 s, consumer draining on the "
                  f"same cores: {r.summary()}")
     print(lines[-1], flush=True)
+    figures["http"].append({"client": "loadgen", "consumer": "draining", "rps": r.rate,
+                            "p50": r.pct(50), "p99": r.pct(99)})
     # Let the consumer finish the backlog so that every completion is pushed.
     await asyncio.sleep(1)
     n0 = -1
@@ -299,12 +363,51 @@ async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
     await ws.close()
     push.sort()
     if push:
+        figures["push"] = [{"jobs": len(push), "p50": push[len(push) // 2] * 1000,
+                            "p99": push[int(len(push) * 0.99)] * 1000, "max": push[-1] * 1000}]
         lines.append(
             f"completion -> WebSocket push ({len(push)} jobs, {snapshots[0]} resyncs): "
             f"p50 {push[len(push) // 2] * 1000:.1f} ms, "
             f"p99 {push[int(len(push) * 0.99)] * 1000:.1f} ms, max {push[-1] * 1000:.1f} ms")
         print(lines[-1], flush=True)
     return lines
+
+
+WRK_SCRIPT = """
+counter = %(first)d
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "/api/reviews/" .. counter .. "/submit-to-hr",
+                    {["Cookie"] = "%(cookie)s", ["Content-Length"] = "0"}, "")
+end
+done = function(summary, latency, requests)
+  io.write(string.format("PA %%d %%f %%f %%d %%d\\n", summary.requests,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.errors.status, summary.duration))
+end
+"""
+
+
+def run_wrk(port: int, cookie: str, first: int, connections: int, warmup: float,
+            seconds: float) -> dict[str, float]:
+    """wrk (one thread, so that every request names a review of its own) on
+    submit-to-hr: a warm-up run, then the measured one on the reviews after it."""
+    script = Path(tempfile.mkdtemp(prefix="pa-wrk-")) / "submit.lua"
+    total = 0
+    out: dict[str, float] = {}
+    for length in (warmup, seconds):
+        script.write_text(WRK_SCRIPT % {"first": first + total, "cookie": cookie})
+        proc = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{length:.0f}s",
+                               "-s", str(script), f"http://127.0.0.1:{port}"],
+                              capture_output=True, text=True, check=True)
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("PA "))
+        requests, p50, p99, non2xx, micros = line.split()[1:]
+        # Requests still in flight when wrk stopped used reviews too: skip past them.
+        total += int(requests) + 2 * connections
+        out = {"requests": int(requests), "rps": int(requests) / (int(micros) / 1e6),
+               "p50": float(p50), "p99": float(p99), "non2xx": int(non2xx)}
+    out["requests"] = total
+    return out
 
 
 def process_cpu(pid: int) -> float:
@@ -349,6 +452,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--rates", default="200",
+                        help="offered loads of the open-loop phase, req/s (e.g. 100,200,400,800)")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pa-bench-"))
     pg = None
@@ -363,7 +469,7 @@ def main() -> None:
     redis_server = setup_env(root, database_url)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        lo, hi = seed(40_000)
+        lo, hi = seed(80_000)
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
               f"database {args.db}; redis {redis_server.url}")
         # The goal is about threads: three rounds (raw Huey's rate alone varies by
@@ -393,10 +499,15 @@ def main() -> None:
 
         wait_for(up, timeout=30, message="web to answer")
         try:
-            lines += asyncio.run(http_phase(port, lo, hi, args.profile, web.pid, consumers))
+            rates = [int(r) for r in args.rates.split(",")]
+            lines += asyncio.run(http_phase(port, lo, hi, args.profile, web.pid, consumers,
+                                            rates))
         finally:
             consumers.stop()
         lines += rounds([(4, "process")])
+        if args.json:
+            args.json.write_text(json.dumps({"db": args.db, "jobs": args.jobs,
+                                             "lines": lines, **figures}, indent=1))
         if args.profile:
             print("web process, self time during saturation (py-spy):")
             print(top_frames("/tmp/pa-web-profile.txt"))
