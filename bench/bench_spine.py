@@ -140,6 +140,9 @@ def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
                                  connect_args={"timeout": 30}
                                  if os.environ["PA_DATABASE_URL"].startswith("sqlite") else {})
     naive_bus = redis.Redis.from_url(os.environ["PA_REDIS_URL"])
+    # As pa.db does for its own engine: a process worker must not use its parent's
+    # connections (PostgreSQL: "prepared statement does not exist", broken sockets).
+    os.register_at_fork(after_in_child=lambda: naive_engine.dispose(close=False))
 
     @huey.task(name="bench.naive")
     def naive_job(job_id: str) -> None:
@@ -455,6 +458,8 @@ def main() -> None:
     parser.add_argument("--rates", default="200",
                         help="offered loads of the open-loop phase, req/s (e.g. 100,200,400,800)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--only", choices=["drain", "http"],
+                        help="one part only (for a quick A/B of one path)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pa-bench-"))
     pg = None
@@ -478,7 +483,10 @@ def main() -> None:
         # of six runs where it came before, the web's saturation rate was 640-840
         # req/s against 970-1,310 without it (cause not found).
         rounds = drain(args.jobs)
-        lines = rounds([(1, "thread"), (2, "thread"), (3, "thread")])
+        lines = [] if args.only == "http" else rounds([(1, "thread"), (2, "thread"),
+                                                       (3, "thread")])
+        if args.only == "drain":
+            return
         port = free_port()
         env = dict(os.environ, PA_PORT=str(port))
         log = open(root / "web.log", "wb")
@@ -504,7 +512,8 @@ def main() -> None:
                                             rates))
         finally:
             consumers.stop()
-        lines += rounds([(4, "process")])
+        if args.only is None:
+            lines += rounds([(4, "process")])
         if args.json:
             args.json.write_text(json.dumps({"db": args.db, "jobs": args.jobs,
                                              "lines": lines, **figures}, indent=1))

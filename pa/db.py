@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -13,16 +14,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InvalidRequestError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.util.concurrency import greenlet_spawn, in_greenlet
 
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -34,7 +39,9 @@ def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite files get WAL, a busy timeout and foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = create_engine(url, pool_size=10, max_overflow=10)
+        _ping_when_idle(engine)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -71,8 +78,97 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+#: a pooled PostgreSQL connection unused for longer than this is tested before use
+PING_AFTER_IDLE = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """SQLAlchemy's pool_pre_ping, for connections that sat idle only.
+
+    pool_pre_ping sends a `SELECT 1` on every checkout: a round trip for each
+    statement of a job's claim and change, a third of their round trips. A
+    connection used a moment ago is as good as the ping would say; one idle for
+    longer (the server may have restarted, a proxy may have cut it) is pinged,
+    and replaced if the ping fails. A connection that breaks between two quick
+    uses fails its statement, and SQLAlchemy then drops the whole pool.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("pa_checked_in", 0.0) < PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(str(exc)) from exc  # the pool connects anew
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["pa_checked_in"] = time.monotonic()
+
+
 engine: Engine = make_engine(settings.database_url)
 SessionLocal = sessionmaker(engine, expire_on_commit=False)
+
+#: PostgreSQL for code on an event loop: per loop, an engine on psycopg's asyncio
+#: connections (see run_on_loop)
+_loop_engines: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
+
+
+async def open_on_loop() -> None:
+    """Give this event loop its own PostgreSQL engine (a web app's lifespan calls it).
+
+    With one, run_on_loop() runs a route's database work on the loop itself:
+    each statement waits for its answer as a coroutine would, so the loop
+    serves other requests meanwhile, and no thread is handed the work. Handing
+    it to the thread pool cost more CPU than the statements (the hand-over and
+    the pool's threads fighting for the GIL under load).
+    """
+    if engine.url.get_backend_name() == "sqlite":
+        return  # SQLite runs inline (RUNS_INLINE)
+    loop = asyncio.get_running_loop()
+    if loop not in _loop_engines:
+        try:
+            async_engine = create_async_engine(engine.url, pool_size=10, max_overflow=10)
+        except InvalidRequestError as exc:  # a driver without asyncio (psycopg2)
+            log.info("database work stays in the thread pool: %s", exc)
+            return
+        _ping_when_idle(async_engine.sync_engine)
+        _loop_engines[loop] = async_engine
+
+
+async def close_on_loop() -> None:
+    """Close this loop's engine (the end of the lifespan)."""
+    async_engine = _loop_engines.pop(asyncio.get_running_loop(), None)
+    if async_engine is not None:
+        await async_engine.dispose()
+
+
+def runs_on_loop() -> bool:
+    """Whether run_on_loop() has an engine on the running loop."""
+    try:
+        return asyncio.get_running_loop() in _loop_engines
+    except RuntimeError:
+        return False
+
+
+async def run_on_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run the blocking database code `fn(*args)` on the running loop.
+
+    `fn` is ordinary code (db.begin(), raw_begin(), Prepared...): it runs in a
+    greenlet, where this module's functions use the loop's engine, whose
+    driver calls suspend the greenlet until the answer comes (SQLAlchemy's own
+    asyncio bridge). Anything else `fn` does blocks the loop, so: database
+    work only.
+    """
+    return await greenlet_spawn(fn, *args)
+
+
+def _engine() -> Engine:
+    """The engine for the code running now: the loop's, inside run_on_loop()."""
+    if _loop_engines and in_greenlet():
+        return _loop_engines[asyncio.get_running_loop()].sync_engine
+    return engine
 
 
 def _forget_connections_in_child() -> None:
@@ -252,7 +348,7 @@ _checkpointer = Checkpointer(
 @contextmanager
 def session_scope(write: bool = True) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
-    with _one_writer(write), SessionLocal() as session:
+    with _one_writer(write), SessionLocal(bind=_engine()) as session:
         session.connection(execution_options={"pa_write": write})
         try:
             yield session
@@ -265,7 +361,7 @@ def session_scope(write: bool = True) -> Iterator[Session]:
 @contextmanager
 def begin() -> Iterator[Connection]:
     """A Core connection in a writing transaction, committed when the block exits cleanly."""
-    with _one_writer(True), engine.connect() as conn:
+    with _one_writer(True), _engine().connect() as conn:
         conn = conn.execution_options(pa_write=True)
         with conn.begin():
             yield conn
@@ -274,7 +370,7 @@ def begin() -> Iterator[Connection]:
 @contextmanager
 def read() -> Iterator[Connection]:
     """A Core connection for reads only (no write lock on SQLite)."""
-    with engine.connect() as conn:
+    with _engine().connect() as conn:
         conn = conn.execution_options(pa_write=False)
         with conn.begin():
             yield conn
@@ -297,14 +393,15 @@ def raw_begin(write: bool = True) -> Iterator[Raw]:
     statement itself. Same lock, same pool, same BEGIN IMMEDIATE on SQLite.
     """
     with _one_writer(write):
-        pooled = engine.raw_connection()
+        current = _engine()
+        pooled = current.raw_connection()
         try:
             dbapi_conn: Any = pooled.dbapi_connection
             if IS_SQLITE:
                 # With the driver's own transactions off (make_engine), BEGIN is ours.
                 dbapi_conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield Raw(engine.dialect, dbapi_conn)
+                yield Raw(current.dialect, dbapi_conn)
             except BaseException:
                 dbapi_conn.rollback()
                 raise
@@ -317,27 +414,32 @@ def write_one(statement: Prepared, params: dict[str, Any]) -> dict[str, Any] | N
     """Run one writing statement as a transaction of its own; its first row, or None.
 
     raw_begin() for the commonest case, a job's claim or change: one UPDATE.
-    On SQLite the statement runs in autocommit mode, where it is its own
-    transaction: SQLite takes the write lock when the statement starts and
-    commits when it finishes, as BEGIN IMMEDIATE ... COMMIT would, in one call
-    into SQLite instead of three (each call releases the GIL, a hand-over to the
-    other worker thread when it waits for it). With two worker threads this
-    drained 8-10% more tracked jobs per second.
+    The statement runs in autocommit mode, where it is its own transaction, as
+    safe as BEGIN ... COMMIT around it and cheaper. On SQLite, which takes the
+    write lock when the statement starts and commits when it finishes, it is
+    one call into SQLite instead of three (each call releases the GIL, a
+    hand-over to the other worker thread when it waits for it): with two worker
+    threads this drained 8-10% more tracked jobs per second. On PostgreSQL it is
+    one round trip instead of two (the statement, then COMMIT), and the commit
+    still waits for its WAL flush.
     """
     with _one_writer(True):
-        pooled = engine.raw_connection()
+        current = _engine()
+        pooled = current.raw_connection()
         try:
-            raw = Raw(engine.dialect, pooled.dbapi_connection)
+            dbapi_conn: Any = pooled.dbapi_connection
+            raw = Raw(current.dialect, dbapi_conn)
             if IS_SQLITE:
                 # (the driver's own transactions are off: see make_engine)
                 return statement.first(raw, params)
+            dbapi_conn.autocommit = True
             try:
-                row = statement.first(raw, params)
-            except BaseException:
-                raw.dbapi_connection.rollback()
-                raise
-            raw.dbapi_connection.commit()
-            return row
+                return statement.first(raw, params)
+            finally:
+                try:
+                    dbapi_conn.autocommit = False
+                except current.dialect.loaded_dbapi.Error:  # broken: not back into the pool
+                    pooled.invalidate()
         finally:
             pooled.close()
 

@@ -219,7 +219,7 @@ class AnotherWriter:
         self.thread.join()
 
 
-@pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite only: PostgreSQL always uses threads")
+@pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite only: PostgreSQL waits on the loop")
 def test_a_write_that_would_wait_raises_writer_busy_before_it_starts() -> None:
     other = AnotherWriter()
     other.start()
@@ -288,6 +288,58 @@ def test_submit_to_hr_answers_while_another_writer_holds_the_lock() -> None:
     assert job is not None and job["status"] in ("pending", "processing", "completed")
 
 
+@pytest.mark.skipif(db.IS_SQLITE, reason="PostgreSQL's asyncio connections")
+def test_postgres_work_runs_on_the_loop_which_a_slow_statement_does_not_block() -> None:
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from pa.web.offload import run_db
+
+    order: list[str] = []
+
+    def slow() -> int:
+        with db.read() as conn:
+            conn.execute(text("SELECT pg_sleep(0.3)"))
+        order.append("slow")
+        return threading.get_ident()
+
+    def quick() -> int:
+        with db.raw_begin(write=False) as conn:
+            assert jobs._LOAD.first(conn, {"id": "none"}) is None
+        order.append("quick")
+        return threading.get_ident()
+
+    def insert_twice(job_id: str) -> None:
+        with db.raw_begin() as conn:
+            for _ in range(2):
+                jobs._INSERT.first(conn, {"id": job_id, "type": "database_backup",
+                                          "status": "pending", "priority": 1, "payload": {},
+                                          "attempts": 0, "max_retries": 0, "retry_base": 0,
+                                          "time_limit": 60, "cancel_requested": False,
+                                          "version": 1, "created_at": db.utcnow(),
+                                          "updated_at": db.utcnow()})
+
+    async def main() -> None:
+        await db.open_on_loop()
+        try:
+            assert db.runs_on_loop()
+            slow_thread, quick_thread = await asyncio.gather(run_db(slow), run_db(quick))
+            # Both ran in the loop's thread, and the quick one did not wait for the slow.
+            assert slow_thread == quick_thread == threading.get_ident()
+            assert order == ["quick", "slow"]
+            # Errors are SQLAlchemy's, as in a thread, and the transaction rolls back.
+            with pytest.raises(IntegrityError):
+                await run_db(insert_twice, "twice")
+        finally:
+            await db.close_on_loop()
+        assert not db.runs_on_loop()
+
+    asyncio.run(main())
+    assert jobs.load_row("twice") is None
+
+
 # -- one statement, one transaction ------------------------------------------------
 
 
@@ -326,9 +378,8 @@ def _revocation_commands(client: Any) -> tuple[int, int]:
 
 def _run_next_task() -> None:
     """What a consumer's worker thread does with the next message: dequeue, execute."""
-    from pa.queue import huey
-
     import pa.worker  # noqa: F401  (this test acts as the consumer: its runner runs the job)
+    from pa.queue import huey
 
     task = huey.dequeue()
     assert task is not None

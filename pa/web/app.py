@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 import pa.web
+from pa import db
 from pa.errors import PaError
 from pa.settings import settings
 from pa.web import auth, hub, pages
@@ -96,6 +97,7 @@ def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db.open_on_loop()
         await event_hub.start()
         await dispatcher.start()
         try:
@@ -103,6 +105,7 @@ def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
         finally:
             await dispatcher.stop()
             await event_hub.stop()
+            await db.close_on_loop()
 
     app = Starlette(
         routes=routes(),

@@ -5,8 +5,9 @@ Handing work to a thread costs more than a short SQLite statement does (the
 hand-over, and the threads' fight for the GIL at load), so with SQLite a route's
 database work runs on the loop whenever it cannot wait: a read (WAL readers never
 wait) or a write whose lock is free, or frees within a few milliseconds (the loop
-serves other requests meanwhile). A write that would wait longer, and everything
-on PostgreSQL, goes to the thread pool.
+serves other requests meanwhile); a write that would wait longer goes to the
+thread pool. With PostgreSQL it runs on the loop too, on the loop's asyncio
+connections (db.run_on_loop), where waiting for the server does not block it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ async def run_db(fn: Callable[..., T], *args: Any) -> T:
                 if pause is None:
                     break
                 await asyncio.sleep(pause)
+    elif db.runs_on_loop():
+        return await db.run_on_loop(fn, *args)
     return await run_in_threadpool(fn, *args)
 
 
