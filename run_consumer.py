@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     from pa import db
-    from pa.models import schema_problem
+    from pa.schema import schema_problem
 
     problem = schema_problem(db.engine)
     if problem:

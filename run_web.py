@@ -56,19 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     embedded = None
     if settings.embedded:
         from pa import db
-        from pa.models import create_schema
+        from pa.errors import SchemaMismatch
+        from pa.schema import migrate
         from pa.worker import start_embedded
 
-        # Embedded mode needs nothing installed: create the tables if they are missing.
-        create_schema(db.engine)
+        # Embedded mode needs nothing installed: the database is migrated at start.
+        try:
+            migrate(db.engine)
+        except SchemaMismatch as exc:
+            sys.stderr.write(f"{exc}\n")
+            return 2
         embedded = start_embedded(workers=args.consumer_workers)
         logging.getLogger("pa").info(
             "embedded mode: consumer threads in this process (set PA_REDIS_URL for production)"
         )
     else:
         from pa import db
-        from pa.models import schema_problem
+        from pa.schema import schema_problem
 
+        # Many processes share the database: only init-db migrates it.
         problem = schema_problem(db.engine)
         if problem:
             sys.stderr.write(problem + "\n")

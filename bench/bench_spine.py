@@ -62,9 +62,10 @@ def seed(reviews: int) -> tuple[int, int]:
 
     from pa import db
     from pa.auth_passwords import hash_password
-    from pa.models import Base, Review, User
+    from pa.models import Review, User
+    from pa.schema import migrate
 
-    Base.metadata.create_all(db.engine)
+    migrate(db.engine)  # the servers it starts refuse a database without migrations
     now = db.utcnow()
     pw = hash_password(PASSWORD)
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any, TextIO, cast
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Connection, Table, insert, inspect, select, update
+from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pa import db
-from pa.errors import PaError
-from pa.models import ApiToken, Role, User, create_schema
+from pa.errors import PaError, SchemaMismatch
+from pa.models import ApiToken, Role, User
+from pa.schema import current_revision, head_revision, migrate, schema_problem
 
 Run = Callable[[argparse.Namespace], int | None]
 Argument = tuple[tuple[str, ...], dict[str, Any]]
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.run(args) or 0
-    except (CommandError, PaError) as exc:
+    except (CommandError, PaError, SchemaMismatch) as exc:
         return _fail(str(exc))
     except SQLAlchemyError as exc:
         return _fail(f"Database error: {_reason(exc)}")
@@ -113,13 +114,10 @@ def _valid_email(value: str, what: str = "email") -> str:
         raise CommandError(f"Invalid {what} '{value}': {exc}") from None
 
 
-def _require_tables() -> None:
-    with db.read() as conn:
-        ready = inspect(conn).has_table(users.name)
-    if not ready:
-        raise CommandError(
-            f"The database {_db_name()} has no tables yet; run `python -m pa init-db` first."
-        )
+def _require_schema() -> None:
+    problem = schema_problem(db.engine)
+    if problem:
+        raise CommandError(problem)
 
 
 def _db_name() -> str:
@@ -161,12 +159,16 @@ def _count(low: int, high: int) -> Callable[[str], int]:
 # --- commands ---------------------------------------------------------------------
 
 
-@command("init-db", "create the tables (safe to run again)")
+@command("init-db", "create the tables or migrate them to this pa's schema (safe to run again)")
 def init_db(args: argparse.Namespace) -> None:
-    added = create_schema(db.engine)
-    if added:
-        print(f"Added indexes missing from an older schema: {', '.join(added)}.")
-    print(f"Tables ready in {_db_name()}.")
+    before = current_revision(db.engine)
+    migrate(db.engine)
+    head = head_revision()
+    if before == head:
+        print(f"Schema already at revision {head} in {_db_name()}.")
+    else:
+        print(f"Schema migrated from {before or 'no revision'} to revision {head} "
+              f"in {_db_name()}.")
 
 
 @command(
@@ -184,7 +186,7 @@ def create_user(args: argparse.Namespace) -> None:
     email = _valid_email(args.email)
     name = _non_empty(args.name, "name").strip()
     password = _non_empty(args.password, "password")
-    _require_tables()
+    _require_schema()
     # argon2 takes a while: hash before the transaction takes SQLite's write lock.
     password_hash = hash_password(password)
     now = db.utcnow()
@@ -238,7 +240,7 @@ def _read_new_password(stdin: TextIO | None) -> str:
 def set_password(args: argparse.Namespace) -> None:
     from pa.auth_passwords import hash_password
 
-    _require_tables()
+    _require_schema()
     # Check the user first: nobody should type a password twice to learn of a typo.
     with db.read() as conn:
         user_id = _existing_user_id(conn, args.email)
@@ -260,7 +262,7 @@ def set_password(args: argparse.Namespace) -> None:
 def create_token(args: argparse.Namespace) -> None:
     from pa.auth_passwords import new_token
 
-    _require_tables()
+    _require_schema()
     token, token_hash = new_token()
     with db.begin() as conn:
         user_id = _existing_user_id(conn, args.email)
@@ -284,7 +286,7 @@ def create_token(args: argparse.Namespace) -> None:
 def seed_demo(args: argparse.Namespace) -> None:
     from pa import seed
 
-    create_schema(db.engine)
+    migrate(db.engine)
     report = seed.seed_demo(args.employees, args.years)
     print(f"Added {report.users_added} users and {report.reviews_added} reviews "
           f"(fiscal years {report.first_year}-{report.last_year}).")

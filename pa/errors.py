@@ -63,6 +63,10 @@ class Unavailable(PaError):
     code, status = "unavailable", 503
 
 
+class SchemaMismatch(Exception):
+    """Raised when the database's schema revision is unknown to this pa (a newer pa's)."""
+
+
 class JobCancelled(Exception):
     """Raised inside a task when its job was asked to stop."""
 

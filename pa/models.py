@@ -218,32 +218,3 @@ class AnalyticsCache(Base):
     figures: Mapped[dict[str, Any]] = mapped_column(JSON)
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-
-def schema_problem(bind: Any) -> str | None:
-    """What a server must not start with: tables pa needs that the database lacks
-    (a release added one, and init-db has not run since); None if all are there."""
-    from sqlalchemy import inspect
-
-    present = set(inspect(bind).get_table_names())
-    missing = [t.name for t in Base.metadata.sorted_tables if t.name not in present]
-    if not missing:
-        return None
-    return (f"The database lacks the tables {', '.join(missing)}: run `python -m pa "
-            "init-db` first (safe to run again: it creates only what is missing).")
-
-
-def create_schema(bind: Any) -> list[str]:
-    """Create missing tables, and the missing indexes of existing tables (which
-    create_all() leaves out); returns the names of the indexes it added."""
-    from sqlalchemy import inspect
-
-    Base.metadata.create_all(bind)
-    inspector = inspect(bind)
-    added = []
-    for table in Base.metadata.sorted_tables:
-        present = {ix["name"] for ix in inspector.get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in present:
-                index.create(bind)
-                added.append(str(index.name))
-    return added

@@ -42,9 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
         PA_REAPER_INTERVAL="2",
     )
     from pa import db
-    from pa.models import create_schema
+    from pa.schema import migrate
 
-    create_schema(db.engine)
+    migrate(db.engine)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
