@@ -63,7 +63,7 @@ def trigger_scheduled_backup(now: datetime | None = None) -> dict[str, Any] | No
     """Create the backup job of the latest scheduled slot, unless another consumer did."""
     slot = SCHEDULE.slot(now or db.utcnow())
     job = backup.create_scheduled_backup(slot)
-    stamp = slot.strftime("%Y-%m-%dT%H:%MZ")
+    stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")  # as in the job's payload
     if job is None:
         log.info("backup slot %s: its job exists already (another consumer made it)", stamp)
     else:
