@@ -100,10 +100,15 @@ class JobContext:
         if time.monotonic() > self.deadline:
             raise JobTimedOut(f"Timed out after {self.time_limit} s.")
 
-    def save_checkpoint(self, value: Any) -> None:
-        """Remember how far the job got, so that a second run resumes there."""
+    def save_checkpoint(self, value: Any, *, publish: bool = True) -> None:
+        """Remember how far the job got, so that a second run resumes there.
+
+        publish=False when the next progress report carries the change (an event
+        would add a Redis round trip where the caller cannot wait, see mail.Sender).
+        """
         self.checkpoint = value
-        if jobs.change(self.job_id, {"checkpoint": value}, expect=self._owner) is None:
+        if jobs.change(self.job_id, {"checkpoint": value}, expect=self._owner,
+                       publish=publish) is None:
             raise JobLost(self.job_id)
 
     def data_path(self, *parts: str) -> Path:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from pa.settings import settings
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "emails"
 
@@ -48,8 +52,16 @@ def render(template: str, to: str, subject: str, context: dict[str, Any]) -> Ema
     return msg
 
 
+#: called once the message is ready to go and before it can be delivered (see Sender)
+Record = Callable[[], None]
+
+
 class Sender(Protocol):
-    def send(self, msg: EmailMessage) -> None: ...
+    def send(self, msg: EmailMessage, record: Record | None = None) -> None:
+        """Deliver `msg`; `record` (the caller's "sent" mark) runs just before it is
+        released. A crash before `record` leaves nothing delivered, a crash after it a
+        delivered message that is recorded, so a second run neither skips nor repeats it.
+        """
 
 
 class OutboxSender:
@@ -59,18 +71,67 @@ class OutboxSender:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    def send(self, msg: EmailMessage) -> None:
+    def send(self, msg: EmailMessage, record: Record | None = None) -> None:
         tmp = self.folder / f".{uuid.uuid4().hex}.tmp"
         tmp.write_bytes(bytes(msg))
+        if record is not None:
+            try:
+                record()
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         tmp.rename(self.folder / f"{uuid.uuid4().hex}.eml")
 
 
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+class _Smtp(smtplib.SMTP):
+    """SMTP whose DATA sends the whole message, runs `record`, then the final dot.
+
+    The server delivers a message only once it has the dot; until then a lost
+    connection drops it. So the ambiguous moment (delivered but not recorded, or
+    recorded but not delivered) shrinks from a round trip to the server and a commit
+    to the instant between `record` returning and the dot leaving.
+    """
+
+    record: Record | None = None
+
+    def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        # send_message() hands over bytes with CRLF line ends.
+        body = msg.encode("ascii") if isinstance(msg, str) else bytes(msg)
+        body = _LEADING_DOT.sub(b"..", body)
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        self.send(body)
+        if self.record is not None:
+            try:
+                self.record()
+            except BaseException:
+                self.close()  # the server drops the unfinished message
+                raise
+        self.send(b".\r\n")
+        return self.getreply()
+
+
+class _SmtpSsl(_Smtp, smtplib.SMTP_SSL):
+    pass
+
+
 class SmtpSender:
-    def __init__(self, client: smtplib.SMTP) -> None:
+    def __init__(self, client: _Smtp) -> None:
         self.client = client
 
-    def send(self, msg: EmailMessage) -> None:
-        self.client.send_message(msg)
+    def send(self, msg: EmailMessage, record: Record | None = None) -> None:
+        self.client.record = record
+        try:
+            self.client.send_message(msg)
+        finally:
+            self.client.record = None
 
 
 @contextmanager
@@ -84,11 +145,11 @@ def connect() -> Iterator[Sender]:
         raise ValueError(f"PA_SMTP_URL must start with smtp:// or smtps://, not {url.scheme}://")
     host = url.hostname or "localhost"
     if url.scheme == "smtps":
-        client: smtplib.SMTP = smtplib.SMTP_SSL(
+        client: _Smtp = _SmtpSsl(
             host, url.port or 465, timeout=30, context=ssl.create_default_context()
         )
     else:
-        client = smtplib.SMTP(host, url.port or 25, timeout=30)
+        client = _Smtp(host, url.port or 25, timeout=30)
     try:
         if url.username:
             client.login(unquote(url.username), unquote(url.password or ""))

@@ -105,7 +105,7 @@ class SmtpHandler:
     data_answers: list[str] = field(default_factory=list)
     #: recipients refused with this answer
     refuse: dict[str, str] = field(default_factory=dict)
-    #: seconds to sleep before accepting each message (a slow server)
+    #: seconds to wait before answering each DATA (a slow server)
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,14 +126,18 @@ class SmtpHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         import asyncio
 
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        # Like a real MTA, it keeps a message once it has the final dot (the client
+        # may vanish while the answer is slow to come), and only then answers.
         with self.lock:
             if self.data_answers:
-                return self.data_answers.pop(0)
-            msg = message_from_bytes(envelope.content, policy=policy.default)
-            self.messages.append(msg)  # type: ignore[arg-type]
-        return "250 Message accepted"
+                answer = self.data_answers.pop(0)
+            else:
+                msg = message_from_bytes(envelope.content, policy=policy.default)
+                self.messages.append(msg)  # type: ignore[arg-type]
+                answer = "250 Message accepted"
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return answer
 
     def to(self, address: str) -> list[EmailMessage]:
         with self.lock:

@@ -8,6 +8,7 @@ job through however many consumers run.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -19,6 +20,8 @@ from pa.errors import NotFound
 from pa.handlers import JobContext, handler
 from pa.queue import JobType, Priority, huey
 from pa.settings import settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,13 @@ SCHEDULE = CronSchedule.parse(settings.backup_cron)
 def trigger_scheduled_backup(now: datetime | None = None) -> dict[str, Any] | None:
     """Create the backup job of the latest scheduled slot, unless another consumer did."""
     slot = SCHEDULE.slot(now or db.utcnow())
-    return backup.create_scheduled_backup(slot)
+    job = backup.create_scheduled_backup(slot)
+    stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")  # as in the job's payload
+    if job is None:
+        log.info("backup slot %s: its job exists already (another consumer made it)", stamp)
+    else:
+        log.info("backup slot %s: job %s created", stamp, job["id"])
+    return job
 
 
 # High priority: it only inserts a row, and its slot is computed when it runs.

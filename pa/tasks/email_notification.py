@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+from email.message import EmailMessage
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -99,6 +100,31 @@ def _describe_smtp(exc: smtplib.SMTPException) -> str:
     return f"Mail server error: {exc}"
 
 
+def _send_one(ctx: JobContext, sender: mail.Sender, msg: EmailMessage, email: str,
+              sent: list[str], total: int) -> None:
+    """Send one message; `email` joins `sent` (and the job's checkpoint) exactly when
+    the server may have it."""
+
+    def record() -> None:
+        # Committed just before the server can have the message (mail.Sender.send):
+        # a consumer killed after this has delivered it, one killed before has not.
+        ctx.save_checkpoint({"sent": [*sent, email]}, publish=False)
+        sent.append(email)
+
+    try:
+        sender.send(msg, record)
+    except smtplib.SMTPException as exc:
+        if email in sent and isinstance(exc, smtplib.SMTPResponseException):
+            # Refused at the final dot, after the mark: it was not delivered.
+            sent.remove(email)
+            ctx.save_checkpoint({"sent": list(sent)})
+        reason = _is_permanent(exc)
+        if reason:
+            raise PermanentJobError(reason) from exc
+        raise TemporaryMailError(_describe_smtp(exc)) from exc
+    ctx.progress(len(sent), total, f"Sent to {email}")
+
+
 @handler(JobType.EMAIL_NOTIFICATION)
 def send_notification(ctx: JobContext) -> dict[str, int]:
     kind = ctx.payload.get("kind")
@@ -120,13 +146,5 @@ def send_notification(ctx: JobContext) -> dict[str, int]:
                     f"(FY{context['fiscal_year']})",
                     {**context, "recipient_name": name},
                 )
-                try:
-                    sender.send(msg)
-                except smtplib.SMTPException as exc:
-                    reason = _is_permanent(exc)
-                    if reason:
-                        raise PermanentJobError(reason) from exc
-                    raise TemporaryMailError(_describe_smtp(exc)) from exc
-                sent.append(email)
-                ctx.progress(len(sent), total, f"Sent to {email}", checkpoint={"sent": sent})
+                _send_one(ctx, sender, msg, email, sent, total)
     return {"sent": len(sent)}
