@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from pa import db, events, heartbeat, jobs, retention, runner
 from pa.events import key
 from pa.models import Job, JobStatus
-from pa.queue import huey
+from pa.queue import huey, missing_from_queue
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,6 @@ def release_running() -> None:
         _release(job_id)
 
 
-def _queued_ids() -> set[str]:
-    tasks = list(huey.pending()) + list(huey.scheduled())
-    return {t.id for t in tasks}
-
-
 def _acquire_lock(name: str, ttl: int) -> bool:
     """Whether this consumer does the periodic work `name` now (once across consumers)."""
     if not settings.redis_url:
@@ -115,7 +110,11 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
     if lock and not _acquire_lock(REAPER_LOCK, max(1, interval - 1)):
         return counts
     now = db.utcnow()
+    # A consumer is lost when its key has expired and its rows' stamps are older
+    # than the key's TTL (a Redis that restarted empty forgot the keys of live
+    # consumers, whose stamps are fresh), or when its stamps stopped long ago.
     stale_beat = now - timedelta(seconds=3 * settings.worker_ttl)
+    quiet_beat = now - timedelta(seconds=settings.worker_ttl)
     table = Job.__table__
     with db.read() as conn:
         processing = conn.execute(
@@ -130,9 +129,11 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
                 < now - timedelta(seconds=grace),
             )
         ).all()
+    alive = heartbeat.alive({r.worker_id for r in processing if r.worker_id})
     for r in processing:
-        beat_old = r.heartbeat_at is None or r.heartbeat_at < stale_beat
-        if heartbeat.is_alive(r.worker_id) and not beat_old:
+        beat = r.heartbeat_at
+        if beat is not None and beat >= stale_beat and (
+                r.worker_id in alive or beat >= quiet_beat):
             continue
         owner = {"status": JobStatus.PROCESSING.value, "worker_id": r.worker_id,
                  "attempts": r.attempts}
@@ -152,11 +153,13 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
                 counts["failed"] += 1
                 log.warning("job %s: worker %s lost; failed", r.id, r.worker_id)
     if stale_pending:
-        queued = _queued_ids()
-        for pending in stale_pending:
-            if pending.id not in queued and jobs.enqueue(pending.id, pending.priority):
+        # With a backlog these are many: Redis answers for them without the queue
+        # being read (pa.queue.missing_from_queue).
+        priorities = {p.id: p.priority for p in stale_pending}
+        for job_id in missing_from_queue(huey, list(priorities)):
+            if jobs.enqueue(job_id, priorities[job_id]):
                 counts["reenqueued"] += 1
-                log.warning("job %s was pending but not queued; enqueued again", pending.id)
+                log.warning("job %s was pending but not queued; enqueued again", job_id)
     return counts
 
 
