@@ -143,12 +143,15 @@ return 0
 
 #: of the task ids in ARGV, those whose member is not in the queue (stale entries go)
 _MISSING = """
+local members = redis.call('HMGET', KEYS[1], unpack(ARGV))
+local probe = {}
+for i = 1, #ARGV do probe[i] = members[i] or '' end
+local scores = redis.call('ZMSCORE', KEYS[2], unpack(probe))
 local missing = {}
-for _, id in ipairs(ARGV) do
-  local member = redis.call('HGET', KEYS[1], id)
-  if not member or not redis.call('ZSCORE', KEYS[2], member) then
-    missing[#missing + 1] = id
-    if member then redis.call('HDEL', KEYS[1], id) end
+for i = 1, #ARGV do
+  if not scores[i] then
+    missing[#missing + 1] = ARGV[i]
+    if members[i] then redis.call('HDEL', KEYS[1], ARGV[i]) end
   end
 end
 return missing

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -29,6 +29,12 @@ __all__ = ["huey", "reap", "Maintenance", "EmbeddedConsumer", "start_embedded"]
 
 REAPER_LOCK = key("lock", "reaper")
 PRUNE_LOCK = key("lock", "prune")
+#: present while the last full check of pending jobs is recent (gone with a Redis
+#: that restarted empty: then the next reaper run checks them all)
+FULL_CHECK_KEY = key("reaper", "full-check")
+#: seconds between checks of every pending job against the queue; the runs
+#: between look only at jobs that outgrew the grace since the run before
+FULL_CHECK_INTERVAL = 30
 #: seconds between prunes of old finished jobs
 PRUNE_INTERVAL = 3600
 
@@ -99,6 +105,24 @@ def _acquire_lock(name: str, ttl: int) -> bool:
         client.close()
 
 
+def _lost_pending(now: datetime, grace: float, interval: float) -> list[Any]:
+    """Conditions for the pending jobs that the queue may have lost.
+
+    A job queued and not yet read stays queued: one check, once it has waited
+    the grace, finds a failed enqueue. Every FULL_CHECK_INTERVAL, and after Redis
+    lost its data, every pending job is checked, for the rarer losses (a
+    consumer killed between reading a job and claiming it, a commit that landed
+    late). The grace covers a job between its commit and its enqueue.
+    """
+    c = Job.__table__.c
+    since = func.coalesce(c.run_after, c.updated_at)
+    conditions = [c.status == JobStatus.PENDING.value, since < now - timedelta(seconds=grace)]
+    if not _acquire_lock(FULL_CHECK_KEY, FULL_CHECK_INTERVAL):
+        # Two intervals wide: a run that comes late misses none.
+        conditions.append(since >= now - timedelta(seconds=grace + 2 * interval))
+    return conditions
+
+
 def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, int]:
     """Recover jobs of dead consumers and pending jobs the queue has lost.
 
@@ -123,11 +147,7 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
             .where(table.c.status == JobStatus.PROCESSING.value)
         ).all()
         stale_pending = conn.execute(
-            select(table.c.id, table.c.priority).where(
-                table.c.status == JobStatus.PENDING.value,
-                func.coalesce(table.c.run_after, table.c.updated_at)
-                < now - timedelta(seconds=grace),
-            )
+            select(table.c.id, table.c.priority).where(*_lost_pending(now, grace, interval))
         ).all()
     alive = heartbeat.alive({r.worker_id for r in processing if r.worker_id})
     for r in processing:
