@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from huey.signals import SIGNAL_INTERRUPTED
@@ -20,52 +20,13 @@ from pa.models import ReviewStatus, Role, User
 from pa.queue import JobType, huey
 from pa.worker import requeue_interrupted
 from tests.factories import make_review, make_user
+from tests.processes import ConsumerProcess
 from tests.services import SmtpServer, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FINAL = {"completed", "failed", "cancelled"}
 #: a lost worker is noticed after its key's TTL (3 s) plus a reaper interval (2 s)
 RECOVERY_WAIT = 30.0
-
-
-class ConsumerProcess:
-    """One `run_consumer.py` process; its output goes to a file for debugging."""
-
-    def __init__(self, log_path: Path, env: dict[str, str], worker_type: str = "thread") -> None:
-        self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "run_consumer.py", "-w", "2", "-k", worker_type],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    def wait_exit(self, timeout: float = 30.0) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"consumer {self.pid} still running\n{self.output()}") from None
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=10)
-        finally:
-            self._log.close()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture
