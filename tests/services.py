@@ -242,6 +242,9 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
+            if self._listener is not listener:
+                client.close()
+                return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -270,6 +273,11 @@ class TcpProxy:
     def cut(self) -> None:
         """Drop every connection and refuse new ones."""
         if self._listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:
