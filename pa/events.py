@@ -77,14 +77,13 @@ class RedisBus:
             for _ in commands:
                 conn.read_response()
 
-    def publish_then_pop(self, messages: tuple[str, ...], key: str,
-                         timeout: float | None) -> bytes | None:
-        """PUBLISH `messages`, then pop the lowest-scored member of the sorted set
-        `key` (BZPOPMIN, waiting up to `timeout` s; ZPOPMIN if None): one round trip.
-        The member, or None if the set stayed empty. Raises redis errors."""
+    def commands_then_pop(self, commands: list[tuple[Any, ...]], key: str,
+                          timeout: float | None) -> bytes | None:
+        """Run `commands` (e.g. PUBLISH), then pop the lowest-scored member of the
+        sorted set `key` (BZPOPMIN, waiting up to `timeout` s; ZPOPMIN if None): one
+        round trip. The member, or None if the set stayed empty. Raises redis errors."""
         conn = self._connection()
         pop = ("ZPOPMIN", key) if timeout is None else ("BZPOPMIN", key, timeout)
-        commands = [("PUBLISH", JOBS_CHANNEL, m) for m in messages]
         try:
             conn.send_packed_command(conn.pack_commands([*commands, pop]))
             for _ in commands:

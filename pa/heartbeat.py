@@ -96,6 +96,19 @@ def is_alive(other_id: str | None) -> bool:
     return bool(_redis().exists(_worker_key(other_id)))
 
 
+def alive(worker_ids: set[str]) -> set[str]:
+    """Those of the consumers `worker_ids` that still beat (one round trip for all)."""
+    mine = {i for i in worker_ids if is_alive(i)} if not settings.redis_url else {
+        i for i in worker_ids if _state.get("id") == i and _state.get("pid") == os.getpid()}
+    others = sorted(worker_ids - mine)
+    if not settings.redis_url or not others:
+        return mine
+    pipe = _redis().pipeline(transaction=False)
+    for other_id in others:
+        pipe.exists(_worker_key(other_id))
+    return mine | {i for i, found in zip(others, pipe.execute(), strict=True) if found}
+
+
 def stop() -> None:
     """Stop beating and remove the key, so that the reaper need not wait for the TTL."""
     with _lock:

@@ -33,9 +33,8 @@ from pa.queue import (
     RUN_JOB,
     EventCarryingStorage,
     JobType,
+    add_commands,
     huey,
-    queue_member,
-    queue_score,
 )
 from pa.settings import settings
 
@@ -196,7 +195,7 @@ def queue_commands(pipe: Any, job: dict[str, Any], queue_key: str | None = None)
         pipe.publish(events.JOBS_CHANNEL, message)
     data = huey.serialize_task(run_job.s(job["id"], id=job["id"], priority=job["priority"]))
     key = queue_key or cast(Any, huey.storage).queue_key
-    pipe.zadd(key, {queue_member(data): queue_score(job["priority"])})
+    add_commands(pipe, key, job["id"], data, job["priority"])
 
 
 def submit(

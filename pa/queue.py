@@ -8,11 +8,12 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from huey import Huey, PriorityRedisHuey, SqliteHuey
 from huey.api import Task
+from huey.serializer import Serializer
 from huey.storage import PriorityRedisStorage
 
 from pa import events
@@ -110,6 +111,56 @@ def member_data(member: bytes) -> bytes:
     return member[8:]
 
 
+# Which jobs are in the queue, without reading the queue: a hash beside it maps each
+# queued task's id to its member, written with the member (add_commands) and dropped
+# by the thread that popped it (with its next read). The reaper asks Redis, for the
+# few ids it wonders about, whether that member is still in the queue (one HGET and
+# one ZSCORE each): an entry whose member was popped or lost says "not queued", and
+# a Redis that restarted empty lost both together.
+
+
+def index_key(queue_key: str) -> str:
+    """The hash of task id -> queue member beside the queue `queue_key`."""
+    return events.key("queued", queue_key)
+
+
+def add_commands(pipe: Any, queue_key: str, task_id: str, data: bytes,
+                 priority: int) -> None:
+    """Add a serialized task to the queue, and to its index, on a Redis pipeline."""
+    member = queue_member(data)
+    # The index first: cut off between the two, the task is simply not queued.
+    pipe.hset(index_key(queue_key), task_id, member)
+    pipe.zadd(queue_key, {member: queue_score(priority)})
+
+
+#: drop an index entry, unless it points at another member (the task enqueued again)
+_FORGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+#: of the task ids in ARGV, those whose member is not in the queue (stale entries go)
+_MISSING = """
+local members = redis.call('HMGET', KEYS[1], unpack(ARGV))
+local probe = {}
+for i = 1, #ARGV do probe[i] = members[i] or '' end
+local scores = redis.call('ZMSCORE', KEYS[2], unpack(probe))
+local missing = {}
+for i = 1, #ARGV do
+  if not scores[i] then
+    missing[#missing + 1] = ARGV[i]
+    if members[i] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+  end
+end
+return missing
+"""
+
+#: ids per script call: each call holds Redis for well under a millisecond
+MISSING_BATCH = 1000
+
+
 class EventCarryingStorage(PriorityRedisStorage):
     """Huey's priority queue on Redis, whose read also sends the reading thread's
     held job events (events.hold) when the event bus is the same Redis.
@@ -117,32 +168,114 @@ class EventCarryingStorage(PriorityRedisStorage):
     A worker thread reads the queue again the moment its task returns, and a
     job's last events (`processing`, then how it ended) are held until then:
     they cost no round trip of their own, the one that fetches the next task
-    carries them. Should that read fail, the events go the ordinary way and
-    Huey's own read runs.
+    carries them, and so does the index entry of the task it read last. Should
+    that read fail, the events go the ordinary way and Huey waits to read again.
     """
+
+    #: reads a task's id from its data (TrackedRedisHuey gives it its own)
+    serializer = Serializer()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._popped = threading.local()
+
+    def enqueue(self, data: bytes, priority: int | None = None) -> None:
+        """Huey's enqueue (retries, the scheduler, the reaper), with the index."""
+        task_id = self.serializer.deserialize(data).id
+        pipe = self.conn.pipeline(transaction=False)
+        add_commands(pipe, self.queue_key, task_id, data, priority or 0)
+        pipe.execute()
+
+    def popped(self, task_id: str) -> None:
+        """The task this thread just read is `task_id`: forget it with the next read."""
+        member = getattr(self._popped, "member", None)
+        self._popped.forget = (task_id, member) if member is not None else None
+
+    def _forget(self) -> tuple[Any, ...] | None:
+        forget = getattr(self._popped, "forget", None)
+        self._popped.forget = self._popped.member = None
+        if forget is None:
+            return None
+        return ("EVAL", _FORGET, 1, index_key(self.queue_key), *forget)
 
     def dequeue(self) -> bytes | None:
         held = events.take_held()
-        if not held:
-            return super().dequeue()
+        before: list[tuple[Any, ...]] = [("PUBLISH", events.JOBS_CHANNEL, m) for m in held]
+        forget = self._forget()
+        if forget is not None:
+            before.append(forget)
         bus = events.bus_on(settings.redis_url)
-        if bus is not None:
-            # (The bus's client times out after 5 s: wait less than that.)
-            timeout = min(self.read_timeout, 4) if self.blocking else None
-            try:
-                data = bus.publish_then_pop(held, self.queue_key, timeout)
-            except redis.RedisError as exc:
-                log.warning("queue read with events failed (%s); sending them alone", exc)
+        # (The bus's client times out after 5 s: wait less than that.)
+        timeout = min(self.read_timeout, 4) if self.blocking else None
+        try:
+            if bus is not None:
+                member = bus.commands_then_pop(before, self.queue_key, timeout)
             else:
-                return member_data(data) if data is not None else None
-        events.publish(*held)
-        return super().dequeue()
+                member = self._commands_then_pop(before, timeout)
+        except redis.RedisError as exc:
+            # Huey logs the error and waits before its next read; the events go
+            # alone (or are logged as lost); an entry not forgotten is harmless.
+            log.warning("queue read failed (%s); sending its events alone", exc)
+            events.publish(*held)
+            raise
+        if member is None:
+            return None
+        self._popped.member = member
+        return member_data(member)
+
+    def _commands_then_pop(self, before: list[tuple[Any, ...]],
+                           timeout: float | None) -> bytes | None:
+        pipe = self.conn.pipeline(transaction=False)
+        for command in before:
+            pipe.execute_command(*command)
+        if timeout is None:
+            pipe.zpopmin(self.queue_key)
+        else:
+            pipe.bzpopmin(self.queue_key, timeout=timeout)
+        reply = pipe.execute()[-1]
+        if not reply:
+            return None
+        # BZPOPMIN: (key, member, score); ZPOPMIN: [(member, score)]
+        return bytes(reply[1] if timeout is not None else reply[0][0])
+
+    def missing(self, task_ids: list[str]) -> list[str]:
+        """Those of `task_ids` whose task is not in the queue now."""
+        keys = (index_key(self.queue_key), self.queue_key)
+        pipe = self.conn.pipeline(transaction=False)
+        for start in range(0, len(task_ids), MISSING_BATCH):
+            pipe.eval(_MISSING, 2, *keys, *task_ids[start:start + MISSING_BATCH])
+        return [i.decode() for batch in pipe.execute() for i in batch]
 
 
 class TrackedRedisHuey(_JobsAreNotRevoked, PriorityRedisHuey):
-    """PriorityRedisHuey, minus revocation for run_job, its reads carrying events."""
+    """PriorityRedisHuey, minus revocation for run_job, its reads carrying events,
+    its queue indexed by task id."""
 
     storage_class = EventCarryingStorage
+
+    def create_storage(self) -> EventCarryingStorage:
+        storage: EventCarryingStorage = super().create_storage()
+        storage.serializer = self.serializer
+        return storage
+
+    def dequeue(self) -> Task | None:
+        task: Task | None = super().dequeue()
+        if task is not None:
+            cast(EventCarryingStorage, self.storage).popped(task.id)
+        return task
+
+
+def queued_job_ids(queue: Huey) -> set[str]:
+    """The ids of every task in `queue` and its schedule: reads them all (SQLite)."""
+    return {t.id for t in (*queue.pending(), *queue.scheduled())}
+
+
+def missing_from_queue(queue: Huey, job_ids: list[str]) -> list[str]:
+    """Those of `job_ids` whose task is neither queued nor scheduled."""
+    if isinstance(queue.storage, EventCarryingStorage):
+        return queue.storage.missing(job_ids)
+    queued = queued_job_ids(queue)
+    return [i for i in job_ids if i not in queued]
 
 
 class TrackedSqliteHuey(_JobsAreNotRevoked, SqliteHuey):

@@ -84,8 +84,10 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
                 "PA_ALLOWED_ORIGINS", cast=CommaSeparatedStrings, default=""
             )
         ),
-        worker_ttl=config("PA_WORKER_TTL", cast=int, default=30),
-        reaper_interval=config("PA_REAPER_INTERVAL", cast=int, default=60),
+        # A SIGKILLed consumer's jobs are back in the queue after at most the TTL
+        # plus one reaper interval (15 s): DESIGN.md's recovery times ask for 30 s.
+        worker_ttl=config("PA_WORKER_TTL", cast=int, default=10),
+        reaper_interval=config("PA_REAPER_INTERVAL", cast=int, default=5),
     )
 
 

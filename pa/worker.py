@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from pa import db, events, heartbeat, jobs, retention, runner
 from pa.events import key
 from pa.models import Job, JobStatus
-from pa.queue import huey
+from pa.queue import huey, missing_from_queue
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,12 @@ __all__ = ["huey", "reap", "Maintenance", "EmbeddedConsumer", "start_embedded"]
 
 REAPER_LOCK = key("lock", "reaper")
 PRUNE_LOCK = key("lock", "prune")
+#: present while the last full check of pending jobs is recent (gone with a Redis
+#: that restarted empty: then the next reaper run checks them all)
+FULL_CHECK_KEY = key("reaper", "full-check")
+#: seconds between checks of every pending job against the queue; the runs
+#: between look only at jobs that outgrew the grace since the run before
+FULL_CHECK_INTERVAL = 30
 #: seconds between prunes of old finished jobs
 PRUNE_INTERVAL = 3600
 
@@ -88,11 +94,6 @@ def release_running() -> None:
         _release(job_id)
 
 
-def _queued_ids() -> set[str]:
-    tasks = list(huey.pending()) + list(huey.scheduled())
-    return {t.id for t in tasks}
-
-
 def _acquire_lock(name: str, ttl: int) -> bool:
     """Whether this consumer does the periodic work `name` now (once across consumers)."""
     if not settings.redis_url:
@@ -102,6 +103,24 @@ def _acquire_lock(name: str, ttl: int) -> bool:
         return bool(client.set(name, heartbeat.worker_id(), nx=True, ex=ttl))
     finally:
         client.close()
+
+
+def _lost_pending(now: datetime, grace: float, interval: float) -> list[Any]:
+    """Conditions for the pending jobs that the queue may have lost.
+
+    A job queued and not yet read stays queued: one check, once it has waited
+    the grace, finds a failed enqueue. Every FULL_CHECK_INTERVAL, and after Redis
+    lost its data, every pending job is checked, for the rarer losses (a
+    consumer killed between reading a job and claiming it, a commit that landed
+    late). The grace covers a job between its commit and its enqueue.
+    """
+    c = Job.__table__.c
+    since = func.coalesce(c.run_after, c.updated_at)
+    conditions = [c.status == JobStatus.PENDING.value, since < now - timedelta(seconds=grace)]
+    if not _acquire_lock(FULL_CHECK_KEY, FULL_CHECK_INTERVAL):
+        # Two intervals wide: a run that comes late misses none.
+        conditions.append(since >= now - timedelta(seconds=grace + 2 * interval))
+    return conditions
 
 
 def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, int]:
@@ -115,7 +134,11 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
     if lock and not _acquire_lock(REAPER_LOCK, max(1, interval - 1)):
         return counts
     now = db.utcnow()
+    # A consumer is lost when its key has expired and its rows' stamps are older
+    # than the key's TTL (a Redis that restarted empty forgot the keys of live
+    # consumers, whose stamps are fresh), or when its stamps stopped long ago.
     stale_beat = now - timedelta(seconds=3 * settings.worker_ttl)
+    quiet_beat = now - timedelta(seconds=settings.worker_ttl)
     table = Job.__table__
     with db.read() as conn:
         processing = conn.execute(
@@ -124,15 +147,13 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
             .where(table.c.status == JobStatus.PROCESSING.value)
         ).all()
         stale_pending = conn.execute(
-            select(table.c.id, table.c.priority).where(
-                table.c.status == JobStatus.PENDING.value,
-                func.coalesce(table.c.run_after, table.c.updated_at)
-                < now - timedelta(seconds=grace),
-            )
+            select(table.c.id, table.c.priority).where(*_lost_pending(now, grace, interval))
         ).all()
+    alive = heartbeat.alive({r.worker_id for r in processing if r.worker_id})
     for r in processing:
-        beat_old = r.heartbeat_at is None or r.heartbeat_at < stale_beat
-        if heartbeat.is_alive(r.worker_id) and not beat_old:
+        beat = r.heartbeat_at
+        if beat is not None and beat >= stale_beat and (
+                r.worker_id in alive or beat >= quiet_beat):
             continue
         owner = {"status": JobStatus.PROCESSING.value, "worker_id": r.worker_id,
                  "attempts": r.attempts}
@@ -152,11 +173,13 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
                 counts["failed"] += 1
                 log.warning("job %s: worker %s lost; failed", r.id, r.worker_id)
     if stale_pending:
-        queued = _queued_ids()
-        for pending in stale_pending:
-            if pending.id not in queued and jobs.enqueue(pending.id, pending.priority):
+        # With a backlog these are many: Redis answers for them without the queue
+        # being read (pa.queue.missing_from_queue).
+        priorities = {p.id: p.priority for p in stale_pending}
+        for job_id in missing_from_queue(huey, list(priorities)):
+            if jobs.enqueue(job_id, priorities[job_id]):
                 counts["reenqueued"] += 1
-                log.warning("job %s was pending but not queued; enqueued again", pending.id)
+                log.warning("job %s was pending but not queued; enqueued again", job_id)
     return counts
 
 

@@ -3,6 +3,7 @@ output in a file (shown when a test fails)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,9 +12,18 @@ from typing import IO
 
 import httpx
 
-from tests.services import wait_for
+from tests.services import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_env(**changes: str) -> dict[str, str]:
+    """This run's environment with pa's default recovery settings (the suite's are
+    faster), plus `changes`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PA_WORKER_TTL", "PA_REAPER_INTERVAL")}
+    env.update(changes)
+    return env
 
 
 class ConsumerProcess:
@@ -60,9 +70,9 @@ class ConsumerProcess:
 class WebProcess:
     """One `run_web.py` process on `port`; stopped with SIGTERM."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], port: int) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], port: int | None = None) -> None:
         self.log_path = log_path
-        self.port = port
+        self.port = port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}/ws"
         with open(log_path, "wb") as log:

@@ -15,7 +15,7 @@ from sqlalchemy import exc, func, insert, select
 
 from pa import db, events, handlers, jobs
 from pa.models import Job
-from pa.queue import EventCarryingStorage, JobType
+from pa.queue import EventCarryingStorage, JobType, huey
 from tests.services import RedisServer, subscribed, wait_for
 
 _INSERT = insert(jobs.jobs_table).returning(*jobs.jobs_table.c)
@@ -120,10 +120,11 @@ def test_a_queue_read_sends_the_threads_held_events(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Held for a minute: only the read can have sent them.
     monkeypatch.setattr(events, "HOLD_SECONDS", 60.0)
-    carrying_queue.enqueue(b"task-1", priority=5)
+    task = huey.serialize_task(jobs.run_job.s("job-1", id="job-1", priority=5))
+    carrying_queue.enqueue(task, priority=5)
     events.hold("processing-1")
     events.hold("completed-1")
-    assert carrying_queue.dequeue() == b"task-1"
+    assert carrying_queue.dequeue() == task
     assert events.take_held() == ()
     wait_for(lambda: "completed-1" in channel, timeout=5, message="the carried events")
     assert channel.index("processing-1") < channel.index("completed-1")

@@ -94,3 +94,29 @@ def test_a_job_type_enqueued_through_submit_lands_in_hueys_queue() -> None:
     job = jobs.submit(JobType.DATABASE_BACKUP, {}, None)
     pending = [t.id for t in huey.pending()]
     assert job["id"] in pending
+
+
+def test_the_index_tells_which_jobs_are_queued(redis_server: RedisServer) -> None:
+    """The reaper's question (pa.queue.missing_from_queue), on the app's own queue."""
+    from pa.queue import index_key, missing_from_queue
+
+    storage: Any = huey.storage
+    index = index_key(storage.queue_key)
+    # Given: one job written by the submit's round trip, one through Huey's enqueue
+    submitted = jobs.submit(JobType.DATABASE_BACKUP, {}, None)["id"]
+    assert jobs.enqueue("through-huey", 1)
+    never = "never-enqueued"
+    assert missing_from_queue(huey, [submitted, "through-huey", never]) == [never]
+    # When: a worker thread reads one; Then: it is missing at once, and the thread's
+    # next read drops its index entry
+    task = huey.dequeue()
+    assert task is not None
+    assert missing_from_queue(huey, [submitted, "through-huey"]) == [task.id]
+    assert storage.conn.hexists(index, "through-huey" if task.id == submitted else submitted)
+    huey.dequeue()
+    huey.dequeue()  # the queue is empty now: this read only forgets the last one
+    assert storage.conn.hlen(index) == 0
+    # And a Redis that lost its data lost the index with it
+    assert jobs.enqueue("again", 1)
+    storage.conn.flushall()
+    assert missing_from_queue(huey, ["again"]) == ["again"]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
+import redis
+from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,6 +30,8 @@ from pa.web import auth, hub, pages
 from pa.web.auth import OriginCheckMiddleware
 from pa.web.offload import Dispatcher
 from pa.web.responses import error, from_error
+
+log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HTTP_ERRORS = {
@@ -60,6 +66,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.detail and exc.detail != HTTPStatus(exc.status_code).phrase:
         message = exc.detail
     return error(code, message, exc.status_code, headers=exc.headers)
+
+
+def unavailable_errors() -> tuple[type[Exception], ...]:
+    """What the database or Redis raise when they do not answer (or stopped
+    answering mid-request): a 503 the client may retry, not a 500."""
+    dbapi: Any = db.engine.dialect.dbapi  # statements on raw connections raise its errors
+    return (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
+            dbapi.OperationalError, dbapi.InterfaceError,
+            redis.ConnectionError, redis.TimeoutError)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    # Logged without a traceback: the cause is outside pa, and /healthz says which.
+    log.warning("%s %s: a service does not answer (%s)", request.method,
+                request.url.path, exc.__class__.__name__)
+    return error("unavailable", "A service pa needs does not answer; try again shortly.",
+                 503, headers={"Retry-After": "5"})
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -119,6 +142,7 @@ def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
         exception_handlers={
             PaError: _pa_error,
             HTTPException: _http_error,
+            **{cls: _unavailable for cls in unavailable_errors()},
             Exception: _unexpected,
         },
         lifespan=lifespan,
