@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -50,6 +51,25 @@ class Bus(Protocol):
     def close(self) -> None: ...
 
 
+class _ThreadConnection:
+    """A thread's own connection of a pool, given back when the thread ends.
+
+    (Threads come and go: the test suite's consumers, the web's thread pool.
+    Kept for good, their connections filled the pool's 100 within one run.)
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pid = os.getpid()
+        self.conn = pool.get_connection()
+        # The thread's locals go when it ends, and this object with them.
+        weakref.finalize(self, _give_back, pool, self.conn, self.pid)
+
+
+def _give_back(pool: Any, conn: Any, pid: int) -> None:
+    if os.getpid() == pid:  # (a forked child's copy is not its pool's)
+        pool.release(conn)
+
+
 class RedisBus:
     """Redis pub/sub: publish from any thread, one async subscription per listener."""
 
@@ -85,24 +105,35 @@ class RedisBus:
         conn = self._connection()
         pop = ("ZPOPMIN", key) if timeout is None else ("BZPOPMIN", key, timeout)
         try:
-            conn.send_packed_command(conn.pack_commands([*commands, pop]))
-            for _ in commands:
-                conn.read_response()
-            reply = conn.read_response()
-        except BaseException:
-            conn.disconnect()  # replies may be left unread on it
-            raise
+            reply = self._send_then_pop(conn, commands, pop)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # E.g. Redis restarted since this thread's last read: once more on a new
+            # connection, as publish() does. (Should the first pop have happened
+            # unanswered, its job is pending in its row: the reaper enqueues it.)
+            reply = self._send_then_pop(conn, commands, pop)
         if not reply:  # nil (timed out) or [] (empty)
             return None
         # BZPOPMIN: [key, member, score]; ZPOPMIN: [member, score]
         return bytes(reply[1] if timeout is not None else reply[0])
 
+    @staticmethod
+    def _send_then_pop(conn: Any, commands: list[tuple[Any, ...]],
+                       pop: tuple[Any, ...]) -> Any:
+        try:
+            conn.send_packed_command(conn.pack_commands([*commands, pop]))
+            for _ in commands:
+                conn.read_response()
+            return conn.read_response()
+        except BaseException:
+            conn.disconnect()  # replies may be left unread on it
+            raise
+
     def _connection(self) -> Any:
         held = getattr(self._local, "held", None)
-        if held is None or held[0] != os.getpid():  # first use, or a forked child
-            held = (os.getpid(), self._client.connection_pool.get_connection())
+        if held is None or held.pid != os.getpid():  # first use, or a forked child
+            held = _ThreadConnection(self._client.connection_pool)
             self._local.held = held
-        return held[1]
+        return held.conn
 
     async def listen(self, on_subscribed: Callable[[], None]) -> AsyncIterator[str]:
         client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5)

@@ -120,3 +120,22 @@ def test_the_index_tells_which_jobs_are_queued(redis_server: RedisServer) -> Non
     assert jobs.enqueue("again", 1)
     storage.conn.flushall()
     assert missing_from_queue(huey, ["again"]) == ["again"]
+
+
+def test_threads_that_end_give_their_bus_connection_back(redis_server: RedisServer) -> None:
+    """Each thread talks to Redis on a connection of its own (events.RedisBus); the
+    test suite's consumers and the web's thread pool start and end threads all the
+    time, and kept for good those connections filled the pool (100) within a run."""
+    import gc
+    import threading
+
+    bus = events.RedisBus(redis_server.url)
+    for _ in range(150):
+        thread = threading.Thread(target=bus.publish, args=("ping",))
+        thread.start()
+        thread.join()
+    gc.collect()
+    pool = bus._client.connection_pool
+    assert len(pool._in_use_connections) == 0
+    assert len(pool._available_connections) <= 1
+    bus.close()
