@@ -341,15 +341,28 @@ async def http_phase(port: int, first_id: int, last_id: int, profile: bool,
     if shutil.which("wrk"):
         # A second, independent client (C, its own process) on the same route and
         # the same kind of request: distinct reviews, the manager's cookie.
-        first = next(ids)
-        w = await asyncio.to_thread(run_wrk, port, manager, first, 32, 5, 10)
-        for _ in range(w["requests"]):
-            next(ids, None)
-        lines.append(f"submit-to-hr, wrk 32 connections for 10 s (5 s warm-up), consumer "
-                     f"stopped: {w['rps']:,.0f} req/s, p50 {w['p50']:.1f} ms, "
-                     f"p99 {w['p99']:.1f} ms, non-2xx {w['non2xx']}")
+        # Twice: as a plain client sends it, then with the load generator's exact
+        # headers (Content-Type too), so that a difference between the two clients
+        # is not the request's.
+        for content_type in (False, True):
+            first = next(ids)
+            w = await asyncio.to_thread(run_wrk, port, manager, first, 32, 5, 10,
+                                        content_type)
+            for _ in range(w["requests"]):
+                next(ids, None)
+            client = "wrk, loadgen's headers" if content_type else "wrk"
+            lines.append(f"submit-to-hr, {client}, 32 connections for 10 s (5 s warm-up), "
+                         f"consumer stopped: {w['rps']:,.0f} req/s, p50 {w['p50']:.1f} ms, "
+                         f"p99 {w['p99']:.1f} ms, non-2xx {w['non2xx']}")
+            print(lines[-1], flush=True)
+            figures["http"].append({"client": client, "consumer": "stopped", **w})
+        # The load generator again, after wrk: what it sees then is not the order's.
+        r = await closed_loop("127.0.0.1", port, 32, 10, make)
+        lines.append(f"submit-to-hr, 32 clients closed loop for 10 s after wrk, consumer "
+                     f"stopped: {r.summary()}")
         print(lines[-1], flush=True)
-        figures["http"].append({"client": "wrk", "consumer": "stopped", **w})
+        figures["http"].append({"client": "loadgen, after wrk", "consumer": "stopped",
+                                "rps": r.rate, "p50": r.pct(50), "p99": r.pct(99)})
     consumer.start()
     r = await closed_loop("127.0.0.1", port, 32, 10, make)
     lines.append(f"submit-to-hr, 32 clients closed loop for 10 s, consumer draining on the "
@@ -382,7 +395,7 @@ counter = %(first)d
 request = function()
   counter = counter + 1
   return wrk.format("POST", "/api/reviews/" .. counter .. "/submit-to-hr",
-                    {["Cookie"] = "%(cookie)s", ["Content-Length"] = "0"}, "")
+                    {["Cookie"] = "%(cookie)s", ["Content-Length"] = "0"%(extra)s}, "")
 end
 done = function(summary, latency, requests)
   io.write(string.format("PA %%d %%f %%f %%d %%d\\n", summary.requests,
@@ -393,14 +406,17 @@ end
 
 
 def run_wrk(port: int, cookie: str, first: int, connections: int, warmup: float,
-            seconds: float) -> dict[str, float]:
+            seconds: float, content_type: bool = False) -> dict[str, float]:
     """wrk (one thread, so that every request names a review of its own) on
-    submit-to-hr: a warm-up run, then the measured one on the reviews after it."""
+    submit-to-hr: a warm-up run, then the measured one on the reviews after it.
+    content_type=True sends the load generator's exact headers."""
+    extra = ', ["Content-Type"] = "application/json"' if content_type else ""
     script = Path(tempfile.mkdtemp(prefix="pa-wrk-")) / "submit.lua"
     total = 0
     out: dict[str, float] = {}
     for length in (warmup, seconds):
-        script.write_text(WRK_SCRIPT % {"first": first + total, "cookie": cookie})
+        script.write_text(WRK_SCRIPT % {"first": first + total, "cookie": cookie,
+                                        "extra": extra})
         proc = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{length:.0f}s",
                                "-s", str(script), f"http://127.0.0.1:{port}"],
                               capture_output=True, text=True, check=True)

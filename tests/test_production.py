@@ -85,7 +85,10 @@ def cluster(redis_server: RedisServer, smtp_server: SmtpServer, tmp_path_factory
     employees = [make_user(Role.EMPLOYEE, manager_id=manager.id)
                  for _ in range(LOAD_REVIEWS + 1)]
     reviews = [make_review(e, status=ReviewStatus.MANAGER_REVIEW) for e in employees]
+    # A data folder of the cluster's own: the suite's holds what earlier tests wrote
+    # (their backups among it).
     env = dict(os.environ, PA_REDIS_URL=redis_server.url, PA_BACKUP_CRON="* * * * *",
+               PA_DATA_DIR=str(logs / "data"),
                # a lost consumer is noticed within seconds (the defaults are for production)
                PA_WORKER_TTL="3", PA_REAPER_INTERVAL="2")
     wait_for(_minute_has_room, timeout=20, interval=0.2, message="the start of a minute")
