@@ -391,6 +391,9 @@ def raw_begin(write: bool = True) -> Iterator[Raw]:
     For the hot paths that run only Prepared statements: checking a Connection
     out, wrapping it and committing through it cost about as much as the
     statement itself. Same lock, same pool, same BEGIN IMMEDIATE on SQLite.
+    On PostgreSQL a read (write=False) runs in autocommit mode: one round trip
+    per statement instead of BEGIN, the statement and COMMIT, each statement
+    with a snapshot of its own (the hot reads are one statement each).
     """
     with _one_writer(write):
         current = _engine()
@@ -400,14 +403,26 @@ def raw_begin(write: bool = True) -> Iterator[Raw]:
             if IS_SQLITE:
                 # With the driver's own transactions off (make_engine), BEGIN is ours.
                 dbapi_conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            elif not write:
+                dbapi_conn.autocommit = True
             try:
                 yield Raw(current.dialect, dbapi_conn)
             except BaseException:
                 dbapi_conn.rollback()
                 raise
+            finally:
+                if not write and not IS_SQLITE:
+                    _end_autocommit(pooled, current)
             dbapi_conn.commit()
         finally:
             pooled.close()
+
+
+def _end_autocommit(pooled: Any, current: Engine) -> None:
+    try:
+        pooled.dbapi_connection.autocommit = False
+    except current.dialect.loaded_dbapi.Error:  # broken: not back into the pool
+        pooled.invalidate()
 
 
 def write_one(statement: Prepared, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -436,10 +451,7 @@ def write_one(statement: Prepared, params: dict[str, Any]) -> dict[str, Any] | N
             try:
                 return statement.first(raw, params)
             finally:
-                try:
-                    dbapi_conn.autocommit = False
-                except current.dialect.loaded_dbapi.Error:  # broken: not back into the pool
-                    pooled.invalidate()
+                _end_autocommit(pooled, current)
         finally:
             pooled.close()
 
