@@ -167,7 +167,11 @@ async def run_on_loop(fn: Callable[..., T], *args: Any) -> T:
 def _engine() -> Engine:
     """The engine for the code running now: the loop's, inside run_on_loop()."""
     if _loop_engines and in_greenlet():
-        return _loop_engines[asyncio.get_running_loop()].sync_engine
+        # (A greenlet on a loop without an engine of its own, e.g. another app's
+        # lifespan not run, gets the ordinary engine, as outside run_on_loop().)
+        loop_engine = _loop_engines.get(asyncio.get_running_loop())
+        if loop_engine is not None:
+            return loop_engine.sync_engine
     return engine
 
 
