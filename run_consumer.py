@@ -1,4 +1,5 @@
-"""Run the Huey consumer for pa.worker.huey; takes huey_consumer's options (-w, -k, -v...).
+"""Run pa's Huey consumer (pa.worker.create_consumer); takes huey_consumer's options
+(-w, -k, -v...).
 
 Production mode only: PA_REDIS_URL must be set (embedded mode runs its consumer
 inside run_web.py).
@@ -18,10 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.usage = "python run_consumer.py [options]   (huey_consumer's options)"
     options, args = parser.parse_args(argv)
     if args:
-        parser.error(f"unexpected arguments {args}: the Huey instance is always pa.worker.huey")
+        parser.error(f"unexpected arguments {args}: the Huey instance is always pa's")
 
-    from pa.settings import settings
+    from pa import runtime
+    from pa.settings import load_settings
 
+    settings = load_settings()
     if not settings.redis_url:
         sys.stderr.write(
             "run_consumer.py needs PA_REDIS_URL: separate consumers share their queue "
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     from pa import db
     from pa.schema import schema_problem
 
-    problem = schema_problem(db.engine)
+    runtime.configure(settings)
+    problem = schema_problem(db.engine())
     if problem:
         sys.stderr.write(problem + "\n")
         return 2
@@ -42,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pa").setLevel(logging.INFO)
     logging.getLogger("pa").handlers = logging.getLogger("huey").handlers
 
-    from pa.worker import Maintenance, huey
+    from pa.worker import Maintenance, create_consumer
 
+    consumer = create_consumer(settings, **config.values)
     maintenance = Maintenance()
     maintenance.start()
-    consumer = huey.create_consumer(**config.values)
     try:
         consumer.run()
     finally:

@@ -48,38 +48,38 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from pa.settings import settings
+    from pa import db, runtime
+    from pa.errors import SchemaMismatch
+    from pa.schema import migrate, schema_problem
+    from pa.settings import load_settings
+    from pa.web.app import create_app
 
+    settings = load_settings()
+    runtime.configure(settings)
     host = args.host or settings.host
     port = args.port or settings.port
     _stop_on_sigterm()
     embedded = None
     if settings.embedded:
-        from pa import db
-        from pa.errors import SchemaMismatch
-        from pa.schema import migrate
-        from pa.worker import start_embedded
+        from pa.worker import start_embedded, stop_embedded
 
         # Embedded mode needs nothing installed: the database is migrated at start.
         try:
-            migrate(db.engine)
+            migrate(db.engine())
         except SchemaMismatch as exc:
             sys.stderr.write(f"{exc}\n")
             return 2
-        embedded = start_embedded(workers=args.consumer_workers)
+        embedded = start_embedded(workers=args.consumer_workers, config=settings)
         logging.getLogger("pa").info(
             "embedded mode: consumer threads in this process (set PA_REDIS_URL for production)"
         )
     else:
-        from pa import db
-        from pa.schema import schema_problem
-
         # Many processes share the database: only init-db migrates it.
-        problem = schema_problem(db.engine)
+        problem = schema_problem(db.engine())
         if problem:
             sys.stderr.write(problem + "\n")
             return 2
-    import pa.web.app  # noqa: F401  (imported here so that it is frozen below)
+    app = create_app(settings)
 
     # Modules, routes, SQLAlchemy's tables: what exists now lives as long as the
     # process. Frozen, the collector's full passes no longer scan it: they took
@@ -87,14 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     try:
-        uvicorn.run("pa.web.app:app", host=host, port=port, log_level=args.log_level,
+        uvicorn.run(app, host=host, port=port, log_level=args.log_level,
                     access_log=args.access_log, timeout_graceful_shutdown=10)
     except KeyboardInterrupt:
         pass
     finally:
         if embedded is not None:
-            from pa.worker import stop_embedded
-
             stop_embedded(*embedded)
     return 0
 

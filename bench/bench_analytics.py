@@ -202,7 +202,7 @@ def timed(fn: Callable[[], Any], runs: int) -> tuple[float, float, Any]:
 def bench(runs: int, last_year: int, years: int) -> None:
     from pa import analytics, db
 
-    engine = db.engine
+    engine = db.engine()
     name = "SQLite " + sqlite3.sqlite_version if engine.dialect.name == "sqlite" \
         else "PostgreSQL"
     # On SQLite the work is done in this process, so CPU time is the cost undisturbed by
@@ -278,7 +278,7 @@ def run(args: argparse.Namespace) -> None:
         from pa import db
         from pa.models import Base
 
-        Base.metadata.create_all(db.engine)
+        Base.metadata.create_all(db.engine())
         start = time.perf_counter()
         if postgres:
             fill_postgres(url, users, reviews)
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> None:
         if postgres:
             from pa import db
 
-            db.engine.dispose()
+            db.engine().dispose()
             import psycopg
 
             with psycopg.connect(PG_ADMIN, autocommit=True) as con:

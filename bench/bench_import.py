@@ -249,9 +249,9 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 
     base_engine = db.make_engine(base_url)
     try:
-        compare(args, tmp, db.engine, base_engine)
+        compare(args, tmp, db.engine(), base_engine)
     finally:
-        db.engine.dispose()
+        db.engine().dispose()
         base_engine.dispose()
         if args.postgres:
             import psycopg

@@ -48,13 +48,15 @@ def fill(n: int) -> list[str]:
     """`n` pending email jobs, committed, then queued with their index entries."""
     from sqlalchemy import delete, insert
 
-    from pa import db, jobs
+    from pa import db
     from pa.models import Job
     from pa.queue import add_commands, huey
 
+    queue = huey()
+
     with db.begin() as conn:
         conn.execute(delete(Job))
-    huey.storage.conn.flushall()
+    queue.storage.conn.flushall()
     now = db.utcnow() - timedelta(hours=1)
     ids = [uuid.uuid4().hex for _ in range(n)]
     rows = [{"id": i, "type": "email_notification", "status": "pending", "priority": 10,
@@ -65,10 +67,10 @@ def fill(n: int) -> list[str]:
     with db.begin() as conn:
         for start in range(0, n, 5000):
             conn.execute(insert(Job), rows[start:start + 5000])
-    storage: Any = huey.storage
+    storage: Any = queue.storage
     pipe = storage.conn.pipeline(transaction=False)
     for job_id in ids:
-        data = huey.serialize_task(jobs.run_job.s(job_id, id=job_id, priority=10))
+        data = queue.serialize_task(queue.run_job.s(job_id, id=job_id, priority=10))
         add_commands(pipe, storage.queue_key, job_id, data, 10)
     pipe.execute()
     return ids
@@ -81,11 +83,13 @@ def measure(n: int) -> None:
     from pa import db
     from pa.models import Job
     from pa.queue import huey, missing_from_queue, queued_job_ids
+
+    queue = huey()
     from pa.settings import settings
     from pa.worker import FULL_CHECK_KEY, reap
 
     ids = fill(n)
-    client = huey.storage.conn
+    client = queue.storage.conn
 
     def full_check() -> dict[str, int]:
         client.delete(FULL_CHECK_KEY)
@@ -98,7 +102,7 @@ def measure(n: int) -> None:
                 func.coalesce(Job.run_after, Job.updated_at)
                 < db.utcnow() - timedelta(seconds=settings.reaper_interval),
             )).all()
-        return {r.id for r in rows} - queued_job_ids(huey)
+        return {r.id for r in rows} - queued_job_ids(queue)
 
     old_s, lost = best_of(old_reap)
     assert lost == set()
@@ -106,9 +110,9 @@ def measure(n: int) -> None:
     assert counts["reenqueued"] == 0, counts
     between_s, counts = best_of(lambda: reap(lock=False))
     assert counts["reenqueued"] == 0, counts
-    index_s, missing = best_of(lambda: missing_from_queue(huey, ids))
+    index_s, missing = best_of(lambda: missing_from_queue(queue, ids))
     assert missing == []
-    read_s, queued = best_of(lambda: set(ids) - queued_job_ids(huey))
+    read_s, queued = best_of(lambda: set(ids) - queued_job_ids(queue))
     assert queued == set()
     print(f"{n:>8,} | {old_s * 1000:>5.0f} ms | {full_s * 1000:>7.0f} ms "
           f"({old_s / full_s:.1f}x) | {between_s * 1000:>5.1f} ms "
@@ -135,7 +139,7 @@ def main() -> None:
         from pa import db
         from pa.models import create_schema
 
-        create_schema(db.engine)
+        create_schema(db.engine())
         version = subprocess.run(["redis-server", "--version"], capture_output=True,
                                  text=True).stdout.split()[2]
         print(f"database: {'PostgreSQL' if pg else 'SQLite'}; redis {version}")
@@ -147,7 +151,7 @@ def main() -> None:
         if pg is not None:
             from pa import db
 
-            db.engine.dispose()
+            db.engine().dispose()
             pg.drop()
         redis_server.stop()
 

@@ -61,7 +61,7 @@ def seed(reviews: int) -> None:
     from pa import db
     from pa.models import Base, Review, ReviewStatus, Role, User
 
-    Base.metadata.create_all(db.engine)
+    Base.metadata.create_all(db.engine())
     rng = random.Random(20261129)
     now = db.utcnow()
     statuses = [s.value for s in ReviewStatus if s is not ReviewStatus.ARCHIVED]

@@ -65,7 +65,7 @@ def seed(reviews: int) -> tuple[int, int]:
     from pa.models import Review, User
     from pa.schema import migrate
 
-    migrate(db.engine)  # the servers it starts refuse a database without migrations
+    migrate(db.engine())  # the servers it starts refuse a database without migrations
     now = db.utcnow()
     pw = hash_password(PASSWORD)
 
@@ -111,8 +111,10 @@ def drain(n: int) -> Callable[[Sequence[tuple[int, str]]], list[str]]:
     from pa import db, heartbeat, jobs
     from pa.handlers import HANDLERS
     from pa.models import Job
-    from pa.queue import JobType, huey
-    from pa.worker import EmbeddedConsumer
+    from pa.queue import JobType
+    from pa.worker import EmbeddedConsumer, consumer_huey
+
+    huey = consumer_huey()
 
     # Shared memory, so that process workers (forked) count into it too.
     done = multiprocessing.Value("l", 0)
@@ -545,7 +547,7 @@ def main() -> None:
         if pg is not None:
             from pa import db
 
-            db.engine.dispose()
+            db.engine().dispose()
             pg.drop()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -17,10 +17,11 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from pa import db
+from pa import db, runtime
 from pa.errors import PaError, SchemaMismatch
 from pa.models import ApiToken, Role, User
 from pa.schema import current_revision, head_revision, migrate, schema_problem
+from pa.settings import load_settings
 
 Run = Callable[[argparse.Namespace], int | None]
 Argument = tuple[tuple[str, ...], dict[str, Any]]
@@ -83,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # argparse has printed its usage line and message (or --help).
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        config = load_settings()
+    except ValueError as exc:  # e.g. PA_PORT=abc
+        return _fail(f"Bad setting: {exc}")
+    try:
+        runtime.configure(config)
         return args.run(args) or 0
     except (CommandError, PaError, SchemaMismatch) as exc:
         return _fail(str(exc))
@@ -115,13 +121,13 @@ def _valid_email(value: str, what: str = "email") -> str:
 
 
 def _require_schema() -> None:
-    problem = schema_problem(db.engine)
+    problem = schema_problem(db.engine())
     if problem:
         raise CommandError(problem)
 
 
 def _db_name() -> str:
-    return db.engine.url.render_as_string(hide_password=True)
+    return db.engine().url.render_as_string(hide_password=True)
 
 
 def _user_id(conn: Connection, email: str) -> int | None:
@@ -161,8 +167,8 @@ def _count(low: int, high: int) -> Callable[[str], int]:
 
 @command("init-db", "create the tables or migrate them to this pa's schema (safe to run again)")
 def init_db(args: argparse.Namespace) -> None:
-    before = current_revision(db.engine)
-    migrate(db.engine)
+    before = current_revision(db.engine())
+    migrate(db.engine())
     head = head_revision()
     if before == head:
         print(f"Schema already at revision {head} in {_db_name()}.")
@@ -286,7 +292,7 @@ def create_token(args: argparse.Namespace) -> None:
 def seed_demo(args: argparse.Namespace) -> None:
     from pa import seed
 
-    migrate(db.engine)
+    migrate(db.engine())
     report = seed.seed_demo(args.employees, args.years)
     print(f"Added {report.users_added} users and {report.reviews_added} reviews "
           f"(fiscal years {report.first_year}-{report.last_year}).")

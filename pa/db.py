@@ -1,4 +1,9 @@
-"""The engine, sessions and SQLite's pragmas; the same code runs on PostgreSQL."""
+"""The engine, sessions and SQLite's pragmas; the same code runs on PostgreSQL.
+
+A Database (engine, SQLite's write gate and checkpointer, the per-loop
+PostgreSQL engines) is built by configure() at start (pa.runtime.configure),
+or from the settings at first use; the functions below use the current one.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.util.concurrency import greenlet_spawn, in_greenlet
 
-from pa.settings import settings
+from pa import settings as pa_settings
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +112,70 @@ def _ping_when_idle(engine: Engine) -> None:
         record.info["pa_checked_in"] = time.monotonic()
 
 
-engine: Engine = make_engine(settings.database_url)
-SessionLocal = sessionmaker(engine, expire_on_commit=False)
+class Database:
+    """One database: its engine and, on a SQLite file, the write gate and the
+    checkpointer; on PostgreSQL, the engines of the event loops (open_on_loop)."""
 
-#: PostgreSQL for code on an event loop: per loop, an engine on psycopg's asyncio
-#: connections (see run_on_loop)
-_loop_engines: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.is_sqlite = self.engine.url.get_backend_name() == "sqlite"
+        database = self.engine.url.database
+        on_file = self.is_sqlite and bool(database) and database != ":memory:"
+        self.writer = SqliteWriteLock(str(database)) if on_file else None
+        self.checkpointer = Checkpointer(str(database) if on_file else None, self.writer)
+        #: PostgreSQL for code on an event loop: per loop, an engine on psycopg's
+        #: asyncio connections (see run_on_loop)
+        self.loop_engines: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+_current: Database | None = None
+_configure_lock = threading.Lock()
+
+
+def configure(url: str) -> Database:
+    """Make the database at `url` this process's: the current one if it is that
+    one already, else a new one (and the one before is disposed)."""
+    global _current
+    with _configure_lock:
+        before = _current
+        if before is not None and before.engine.url == make_url(url):
+            return before
+        _current = Database(url)
+    if before is not None:
+        before.dispose()
+    return _current
+
+
+def current() -> Database:
+    """This process's database: configure()'s, or the settings' at first use."""
+    found = _current
+    if found is None:
+        with _configure_lock:
+            found = _current
+        if found is None:
+            found = configure(pa_settings.settings.database_url)
+    return found
+
+
+def engine() -> Engine:
+    """The current database's engine."""
+    return current().engine
+
+
+def is_sqlite() -> bool:
+    """Whether the current database is SQLite."""
+    return current().is_sqlite
+
+
+def runs_inline() -> bool:
+    """SQLite runs inside this process: a short statement costs less than handing
+    it to a thread, and a read never waits (WAL). PostgreSQL is a network round
+    trip away."""
+    return current().is_sqlite
 
 
 async def open_on_loop() -> None:
@@ -124,22 +187,24 @@ async def open_on_loop() -> None:
     it to the thread pool cost more CPU than the statements (the hand-over and
     the pool's threads fighting for the GIL under load).
     """
-    if engine.url.get_backend_name() == "sqlite":
-        return  # SQLite runs inline (RUNS_INLINE)
+    database = current()
+    if database.is_sqlite:
+        return  # SQLite runs inline (runs_inline)
     loop = asyncio.get_running_loop()
-    if loop not in _loop_engines:
+    if loop not in database.loop_engines:
         try:
-            async_engine = create_async_engine(engine.url, pool_size=10, max_overflow=10)
+            async_engine = create_async_engine(database.engine.url, pool_size=10,
+                                               max_overflow=10)
         except InvalidRequestError as exc:  # a driver without asyncio (psycopg2)
             log.info("database work stays in the thread pool: %s", exc)
             return
         _ping_when_idle(async_engine.sync_engine)
-        _loop_engines[loop] = async_engine
+        database.loop_engines[loop] = async_engine
 
 
 async def close_on_loop() -> None:
     """Close this loop's engine (the end of the lifespan)."""
-    async_engine = _loop_engines.pop(asyncio.get_running_loop(), None)
+    async_engine = current().loop_engines.pop(asyncio.get_running_loop(), None)
     if async_engine is not None:
         await async_engine.dispose()
 
@@ -147,7 +212,7 @@ async def close_on_loop() -> None:
 def runs_on_loop() -> bool:
     """Whether run_on_loop() has an engine on the running loop."""
     try:
-        return asyncio.get_running_loop() in _loop_engines
+        return asyncio.get_running_loop() in current().loop_engines
     except RuntimeError:
         return False
 
@@ -166,13 +231,14 @@ async def run_on_loop(fn: Callable[..., T], *args: Any) -> T:
 
 def _engine() -> Engine:
     """The engine for the code running now: the loop's, inside run_on_loop()."""
-    if _loop_engines and in_greenlet():
+    database = current()
+    if database.loop_engines and in_greenlet():
         # (A greenlet on a loop without an engine of its own, e.g. another app's
         # lifespan not run, gets the ordinary engine, as outside run_on_loop().)
-        loop_engine = _loop_engines.get(asyncio.get_running_loop())
+        loop_engine = database.loop_engines.get(asyncio.get_running_loop())
         if loop_engine is not None:
             return loop_engine.sync_engine
-    return engine
+    return database.engine
 
 
 def _forget_connections_in_child() -> None:
@@ -180,7 +246,8 @@ def _forget_connections_in_child() -> None:
     # process`): parent and child would share its file, whose SQLite locks are
     # per process, or its socket. The child starts with an empty pool; the
     # parent's connections stay the parent's (close=False, as SQLAlchemy advises).
-    engine.dispose(close=False)
+    if _current is not None:
+        _current.engine.dispose(close=False)
 
 
 os.register_at_fork(after_in_child=_forget_connections_in_child)
@@ -233,26 +300,11 @@ class SqliteWriteLock:
         return self._fd
 
 
-def _write_lock() -> SqliteWriteLock | None:
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return SqliteWriteLock(url.database)
-
-
-_sqlite_writer = _write_lock()
-
-
 class WriterBusy(Exception):
     """Another writer holds SQLite's write lock, and this one was told not to wait."""
 
 
 _no_wait = threading.local()
-
-IS_SQLITE = engine.url.get_backend_name() == "sqlite"
-#: SQLite runs inside this process: a short statement costs less than handing it to
-#: a thread, and a read never waits (WAL). PostgreSQL is a network round trip away.
-RUNS_INLINE = IS_SQLITE
 
 
 @contextmanager
@@ -269,9 +321,10 @@ def without_waiting() -> Iterator[None]:
 
 @contextmanager
 def _one_writer(write: bool) -> Iterator[None]:
-    if write and _sqlite_writer is not None:
-        _checkpointer.ensure_running()
-        with _sqlite_writer.hold(wait=not getattr(_no_wait, "on", False)):
+    database = current()
+    if write and database.writer is not None:
+        database.checkpointer.ensure_running()
+        with database.writer.hold(wait=not getattr(_no_wait, "on", False)):
             yield
     else:
         yield
@@ -296,8 +349,9 @@ class Checkpointer:
     CAUGHT_UP = 0.02
     CATCH_UP_PASSES = 10
 
-    def __init__(self, database: str | None) -> None:
+    def __init__(self, database: str | None, writer: SqliteWriteLock | None) -> None:
         self.database = database
+        self.writer = writer
         self._pid = 0
         self._lock = threading.Lock()
 
@@ -312,7 +366,7 @@ class Checkpointer:
 
     def checkpoint(self, conn: sqlite3.Connection) -> None:
         _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if frames < self.RESTART_FRAMES or _sqlite_writer is None:
+        if frames < self.RESTART_FRAMES or self.writer is None:
             return
         # SQLite starts the log over only after a pass that copied all of it,
         # and under a steady stream of writes no pass does: each copies what was
@@ -330,29 +384,25 @@ class Checkpointer:
                 break
         else:
             return  # the writers outpace the passes: the next interval tries again
-        with _sqlite_writer.hold():
+        with self.writer.hold():
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _run(self) -> None:
         assert self.database is not None
         conn = sqlite3.connect(self.database, isolation_level=None, check_same_thread=False)
-        while True:
+        while current().checkpointer is self:  # (a configure() ends the thread)
             time.sleep(self.INTERVAL)
             try:
                 self.checkpoint(conn)
             except sqlite3.Error as exc:  # e.g. the file was replaced by a restore
                 log.warning("WAL checkpoint failed: %s", exc)
-
-
-_checkpointer = Checkpointer(
-    engine.url.database if _sqlite_writer is not None else None
-)
+        conn.close()
 
 
 @contextmanager
 def session_scope(write: bool = True) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
-    with _one_writer(write), SessionLocal(bind=_engine()) as session:
+    with _one_writer(write), current().sessions(bind=_engine()) as session:
         session.connection(execution_options={"pa_write": write})
         try:
             yield session
@@ -400,32 +450,32 @@ def raw_begin(write: bool = True) -> Iterator[Raw]:
     with a snapshot of its own (the hot reads are one statement each).
     """
     with _one_writer(write):
-        current = _engine()
-        pooled = current.raw_connection()
+        active = _engine()
+        pooled = active.raw_connection()
         try:
             dbapi_conn: Any = pooled.dbapi_connection
-            if IS_SQLITE:
+            if current().is_sqlite:
                 # With the driver's own transactions off (make_engine), BEGIN is ours.
                 dbapi_conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             elif not write:
                 dbapi_conn.autocommit = True
             try:
-                yield Raw(current.dialect, dbapi_conn)
+                yield Raw(active.dialect, dbapi_conn)
             except BaseException:
                 dbapi_conn.rollback()
                 raise
             finally:
-                if not write and not IS_SQLITE:
-                    _end_autocommit(pooled, current)
+                if not write and not current().is_sqlite:
+                    _end_autocommit(pooled, active)
             dbapi_conn.commit()
         finally:
             pooled.close()
 
 
-def _end_autocommit(pooled: Any, current: Engine) -> None:
+def _end_autocommit(pooled: Any, active: Engine) -> None:
     try:
         pooled.dbapi_connection.autocommit = False
-    except current.dialect.loaded_dbapi.Error:  # broken: not back into the pool
+    except active.dialect.loaded_dbapi.Error:  # broken: not back into the pool
         pooled.invalidate()
 
 
@@ -443,19 +493,19 @@ def write_one(statement: Prepared, params: dict[str, Any]) -> dict[str, Any] | N
     still waits for its WAL flush.
     """
     with _one_writer(True):
-        current = _engine()
-        pooled = current.raw_connection()
+        active = _engine()
+        pooled = active.raw_connection()
         try:
             dbapi_conn: Any = pooled.dbapi_connection
-            raw = Raw(current.dialect, dbapi_conn)
-            if IS_SQLITE:
+            raw = Raw(active.dialect, dbapi_conn)
+            if current().is_sqlite:
                 # (the driver's own transactions are off: see make_engine)
                 return statement.first(raw, params)
             dbapi_conn.autocommit = True
             try:
                 return statement.first(raw, params)
             finally:
-                _end_autocommit(pooled, current)
+                _end_autocommit(pooled, active)
         finally:
             pooled.close()
 

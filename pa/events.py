@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import redis
 import redis.asyncio as aioredis
 
-from pa.settings import settings
+from pa import settings as pa_settings
 
 log = logging.getLogger(__name__)
 
@@ -201,17 +201,34 @@ class LocalBus:
         pass
 
 
+_bus: Bus | None = None
+_configure_lock = threading.Lock()
+
+
+def configure(redis_url: str | None) -> Bus:
+    """Make Redis at `redis_url` (None: in-process) this process's bus: the current
+    one if it is that one already."""
+    global _bus
+    with _configure_lock:
+        before = _bus
+        if before is not None and getattr(before, "url", None) == redis_url:
+            return before
+        _bus = RedisBus(redis_url) if redis_url else LocalBus()
+    if before is not None:
+        before.close()
+    return _bus
+
+
+def bus() -> Bus:
+    """This process's bus: configure()'s, or the settings' at first use."""
+    return _bus if _bus is not None else configure(pa_settings.settings.redis_url)
+
+
 def bus_on(url: str | None) -> RedisBus | None:
     """The event bus, if it is Redis at `url` (then commands for it and for a
     queue on that Redis can share a round trip); else None."""
-    return bus if isinstance(bus, RedisBus) and bus.url == url else None
-
-
-def create_bus() -> Bus:
-    return RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
-
-
-bus: Bus = create_bus()
+    current = bus()
+    return current if isinstance(current, RedisBus) and current.url == url else None
 
 
 def publish(*messages: str) -> None:
@@ -227,7 +244,7 @@ def take_held() -> tuple[str, ...]:
 
 def _send(*messages: str) -> None:
     try:
-        bus.publish(*messages)
+        bus().publish(*messages)
     except Exception as exc:
         log.warning("event not published (%s); clients heal from their next snapshot", exc)
 

@@ -30,11 +30,11 @@ def _worker_key(worker_id: str) -> str:
 
 
 def _redis() -> redis.Redis:
+    assert settings.redis_url
     client = _state.get("redis")
-    if client is None:
-        assert settings.redis_url
+    if client is None or _state.get("redis_url") != settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-        _state["redis"] = client
+        _state["redis"], _state["redis_url"] = client, settings.redis_url
     return client  # type: ignore[return-value]
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from huey.storage import RedisPriorityQueue
 from sqlalchemy import (
     Connection,
     RowMapping,
@@ -25,18 +24,10 @@ from sqlalchemy import (
     update,
 )
 
-from pa import db, events
+from pa import db, events, queue
 from pa.errors import Conflict, Invalid, NotFound
 from pa.models import FINAL_STATUSES, Job, JobStatus
-from pa.queue import (
-    JOB_SPECS,
-    RUN_JOB,
-    EventCarryingStorage,
-    JobType,
-    add_commands,
-    huey,
-)
-from pa.settings import settings
+from pa.queue import JOB_SPECS, EventCarryingStorage, JobType, add_commands
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +38,6 @@ _FINAL = tuple(s.value for s in FINAL_STATUSES)
 # Built once and run with a parameter dict: building (and cache-keying) an INSERT
 # with .values() on every call cost about as much as the insert itself.
 _INSERT = db.Prepared(insert(jobs_table).returning(*_ALL))
-
-
-#: what runs a job in this process; the consumer binds it (pa.worker), so that the
-#: web process, which only enqueues, never loads the runner and the task code
-_executor: Callable[[str], None] | None = None
-
-
-def bind_executor(execute: Callable[[str], None]) -> None:
-    """Make `run_job` call `execute(job_id)` in this process (the consumer's runner)."""
-    global _executor
-    _executor = execute
-
-
-@huey.task(name=RUN_JOB)
-def run_job(job_id: str) -> None:
-    """The one Huey task: run job `job_id` in the consumer."""
-    if _executor is None:
-        raise RuntimeError("no job runner in this process: a consumer imports pa.worker")
-    _executor(job_id)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -150,7 +122,7 @@ def create(
 def enqueue(job_id: str, priority: int, delay: float | None = None) -> bool:
     """Hand the job to Huey (task id = job id); False if the queue did not answer."""
     try:
-        run_job(job_id, id=job_id, priority=priority, delay=delay or None)
+        queue.huey().run_job(job_id, id=job_id, priority=priority, delay=delay or None)
     except Exception as exc:
         # The row is committed and pending: the reaper enqueues it again later.
         log.warning("job %s not enqueued (%s); the reaper will retry", job_id, exc)
@@ -164,7 +136,7 @@ def dispatch(job: dict[str, Any]) -> None:
     # version 2 before this thread publishes version 1.
     if one_redis():
         try:
-            pipe = huey.storage.conn.pipeline(transaction=False)
+            pipe = queue.huey().storage.conn.pipeline(transaction=False)
             queue_commands(pipe, job)
             pipe.execute()
         except Exception as exc:
@@ -178,14 +150,9 @@ def dispatch(job: dict[str, Any]) -> None:
 def one_redis() -> bool:
     """Whether the event bus and Huey's queue are the same Redis: then a job's
     event and its task go in one round trip (the hot path of every submit)."""
-    return (isinstance(huey.storage, RedisPriorityQueue)
-            and events.bus_on(settings.redis_url) is not None)
-
-
-def _queue_carries_events() -> bool:
-    """Whether this process's worker threads send held events with their next
-    read of the queue (pa.queue.EventCarryingStorage, the bus on the same Redis)."""
-    return isinstance(huey.storage, EventCarryingStorage) and one_redis()
+    storage = queue.huey().storage
+    return (isinstance(storage, EventCarryingStorage)
+            and events.bus_on(storage.redis_url) is not None)
 
 
 def queue_commands(pipe: Any, job: dict[str, Any], queue_key: str | None = None) -> None:
@@ -193,7 +160,8 @@ def queue_commands(pipe: Any, job: dict[str, Any], queue_key: str | None = None)
     Redis pipeline, blocking or asyncio; only when one_redis()."""
     for message in (*events.take_held(), events.job_event(job)):
         pipe.publish(events.JOBS_CHANNEL, message)
-    data = huey.serialize_task(run_job.s(job["id"], id=job["id"], priority=job["priority"]))
+    huey = queue.huey()
+    data = huey.serialize_task(huey.run_job.s(job["id"], id=job["id"], priority=job["priority"]))
     key = queue_key or cast(Any, huey.storage).queue_key
     add_commands(pipe, key, job["id"], data, job["priority"])
 
@@ -281,7 +249,7 @@ def change(
         return None
     job = job_to_dict(row)
     if publish:
-        carried = last and _queue_carries_events()
+        carried = last and one_redis()  # (the queue's reads carry them)
         (events.hold if carried else events.publish)(events.job_event(job))
     return job
 

@@ -1,4 +1,8 @@
-"""The Huey instance and the table of job types (priority, retries, backoff, time limit)."""
+"""The Huey instance and the table of job types (priority, retries, backoff, time limit).
+
+The instance is built by configure() at start (pa.runtime.configure), or from the
+settings at first use, and carries pa's one task, `run_job(job_id)`.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,19 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import redis
 from huey import Huey, PriorityRedisHuey, SqliteHuey
-from huey.api import Task
+from huey.api import Task, TaskWrapper
 from huey.serializer import Serializer
 from huey.storage import PriorityRedisStorage
 
 from pa import events
-from pa.settings import settings
+from pa import settings as pa_settings
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +72,27 @@ RUN_JOB = "pa.run_job"
 
 _skipped_delete = threading.local()
 
+#: what runs a job in this process; the consumer binds it (pa.worker), so that the
+#: web process, which only enqueues, never loads the runner and the task code
+_executor: Callable[[str], None] | None = None
 
-class _JobsAreNotRevoked:
-    """Huey without its revocation bookkeeping for pa's own task.
+
+def bind_executor(execute: Callable[[str], None]) -> None:
+    """Make `run_job` call `execute(job_id)` in this process (the consumer's runner)."""
+    global _executor
+    _executor = execute
+
+
+def _run_job(job_id: str) -> None:
+    """The one Huey task: run job `job_id` in the consumer."""
+    if _executor is None:
+        raise RuntimeError("no job runner in this process: a consumer calls pa.worker's factory")
+    _executor(job_id)
+
+
+class _PaHuey:
+    """Huey with pa's one task, `run_job`, and without its revocation bookkeeping
+    for that task.
 
     Before each task Huey reads two revocation keys, and after it deletes one:
     two of the three round trips to Redis (or queries on embedded mode's SQLite
@@ -78,6 +102,12 @@ class _JobsAreNotRevoked:
     them. `huey.revoke_by_id(job_id)` therefore does nothing to a job: cancel
     it through the API instead (docs/OPERATIONS.md).
     """
+
+    run_job: TaskWrapper
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_job = cast(Huey, self).task(name=RUN_JOB)(_run_job)
 
     def is_revoked(self, task: Any, timestamp: Any = None, peek: bool = True) -> bool:
         if isinstance(task, Task) and task.name == RUN_JOB:
@@ -175,8 +205,10 @@ class EventCarryingStorage(PriorityRedisStorage):
     #: reads a task's id from its data (TrackedRedisHuey gives it its own)
     serializer = Serializer()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, url=url, **kwargs)
+        #: the bus on this Redis carries events with the reads (events.bus_on)
+        self.redis_url = url
         self._popped = threading.local()
 
     def enqueue(self, data: bytes, priority: int | None = None) -> None:
@@ -204,7 +236,7 @@ class EventCarryingStorage(PriorityRedisStorage):
         forget = self._forget()
         if forget is not None:
             before.append(forget)
-        bus = events.bus_on(settings.redis_url)
+        bus = events.bus_on(self.redis_url)
         # (The bus's client times out after 5 s: wait less than that.)
         timeout = min(self.read_timeout, 4) if self.blocking else None
         try:
@@ -247,7 +279,7 @@ class EventCarryingStorage(PriorityRedisStorage):
         return [i.decode() for batch in pipe.execute() for i in batch]
 
 
-class TrackedRedisHuey(_JobsAreNotRevoked, PriorityRedisHuey):
+class TrackedRedisHuey(_PaHuey, PriorityRedisHuey):
     """PriorityRedisHuey, minus revocation for run_job, its reads carrying events,
     its queue indexed by task id."""
 
@@ -278,19 +310,41 @@ def missing_from_queue(queue: Huey, job_ids: list[str]) -> list[str]:
     return [i for i in job_ids if i not in queued]
 
 
-class TrackedSqliteHuey(_JobsAreNotRevoked, SqliteHuey):
+class TrackedSqliteHuey(_PaHuey, SqliteHuey):
     """SqliteHuey (embedded mode), minus revocation for run_job."""
 
 
-def create_huey() -> Huey:
-    """Redis with priorities when PA_REDIS_URL is set, else a SQLite file (embedded mode)."""
+PaHuey = TrackedRedisHuey | TrackedSqliteHuey
+
+
+def create_huey(redis_url: str | None, data_dir: Path) -> PaHuey:
+    """Redis with priorities when there is a Redis, else a SQLite file (embedded mode)."""
     # Results live in the Job rows, so Huey keeps none.
-    if settings.redis_url:
-        return TrackedRedisHuey("pa", url=settings.redis_url, results=False, utc=True)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return TrackedSqliteHuey(
-        "pa", filename=str(settings.data_dir / "queue.db"), results=False, utc=True
-    )
+    if redis_url:
+        return TrackedRedisHuey("pa", url=redis_url, results=False, utc=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return TrackedSqliteHuey("pa", filename=str(data_dir / "queue.db"), results=False,
+                             utc=True)
 
 
-huey = create_huey()
+_huey: PaHuey | None = None
+_where: tuple[str | None, Path] | None = None
+_configure_lock = threading.Lock()
+
+
+def configure(redis_url: str | None, data_dir: Path) -> PaHuey:
+    """Make the queue on Redis at `redis_url` (None: a SQLite file in `data_dir`) this
+    process's: the current one if it is that one already."""
+    global _huey, _where
+    with _configure_lock:
+        if _huey is None or _where != (redis_url, data_dir):
+            _huey, _where = create_huey(redis_url, data_dir), (redis_url, data_dir)
+        return _huey
+
+
+def huey() -> PaHuey:
+    """This process's Huey: configure()'s, or the settings' at first use."""
+    found = _huey
+    if found is None:
+        found = configure(pa_settings.settings.redis_url, pa_settings.settings.data_dir)
+    return found

@@ -1,4 +1,10 @@
-"""Every PA_* setting, read once from the environment or a `.env` file."""
+"""Every PA_* setting, read once from the environment or a `.env` file.
+
+`settings` is the configuration of this process: the one a factory was given
+(pa.runtime.configure, called by create_app() and the consumer's factory), or,
+for code that runs without one (a command, a test helper), the environment's,
+read at first use. Nothing is read at import.
+"""
 
 from __future__ import annotations
 
@@ -91,4 +97,36 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     )
 
 
-settings = load_settings()
+class _Current:
+    """The process's Settings, read from the environment at first use unless a
+    factory configured it (as Django's `settings` does)."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.get(), name)
+
+    def get(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    def set(self, value: Settings) -> None:
+        self._settings = value
+
+
+settings: Settings = _Current()  # type: ignore[assignment]
+
+
+def configure(value: Settings) -> None:
+    """Make `value` this process's settings (pa.runtime.configure calls it)."""
+    _current.set(value)
+
+
+def current() -> Settings:
+    """This process's settings, as a plain Settings object."""
+    return _current.get()
+
+
+_current: _Current = settings  # type: ignore[assignment]

@@ -1,5 +1,6 @@
-"""The consumer side: every task, the reaper, the interrupted-task handler, and a
-consumer that can live inside another process. `run_consumer.py` points at `huey`."""
+"""The consumer side: every task, the reaper, the interrupted-task handler, and the
+consumer's factories: create_consumer() (run_consumer.py) and start_embedded() (a
+consumer inside another process: run_web.py in embedded mode, the tests)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,16 @@ from huey.consumer import Consumer
 from huey.signals import SIGNAL_INTERRUPTED
 from sqlalchemy import func, select
 
-from pa import db, events, heartbeat, jobs, retention, runner
+from pa import db, events, heartbeat, jobs, queue, retention, runner, runtime
 from pa.events import key
 from pa.models import Job, JobStatus
-from pa.queue import huey, missing_from_queue
-from pa.settings import settings
+from pa.queue import PaHuey, missing_from_queue
+from pa.settings import Settings, settings
+from pa.tasks import backup as backup_task
 
 log = logging.getLogger(__name__)
 
-# This process runs jobs: Huey's run_job calls the runner (which loads every task).
-jobs.bind_executor(runner.execute)
-
-__all__ = ["huey", "reap", "Maintenance", "EmbeddedConsumer", "start_embedded"]
+__all__ = ["reap", "Maintenance", "EmbeddedConsumer", "create_consumer", "start_embedded"]
 
 REAPER_LOCK = key("lock", "reaper")
 PRUNE_LOCK = key("lock", "prune")
@@ -78,7 +77,6 @@ def _release(job_id: str) -> None:
         log.warning("job %s interrupted; back in the queue", job_id)
 
 
-@huey.signal(SIGNAL_INTERRUPTED)
 def requeue_interrupted(signal: str, task: Any, *args: Any) -> None:
     """A task cut short by SIGTERM goes back to the queue (Huey itself drops it)."""
     _release(task.args[0] if task.args else task.id)
@@ -176,7 +174,7 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
         # With a backlog these are many: Redis answers for them without the queue
         # being read (pa.queue.missing_from_queue).
         priorities = {p.id: p.priority for p in stale_pending}
-        for job_id in missing_from_queue(huey, list(priorities)):
+        for job_id in missing_from_queue(queue.huey(), list(priorities)):
             if jobs.enqueue(job_id, priorities[job_id]):
                 counts["reenqueued"] += 1
                 log.warning("job %s was pending but not queued; enqueued again", job_id)
@@ -219,6 +217,35 @@ class Maintenance:
         heartbeat.stop()
 
 
+_prepared: set[int] = set()
+_prepare_lock = threading.Lock()
+
+
+def prepare(huey: PaHuey) -> PaHuey:
+    """Make `huey` a consumer's: its jobs run here, with the periodic tasks and the
+    interrupted-task handler declared (once per instance)."""
+    # Huey's run_job calls the runner (which loads every task).
+    queue.bind_executor(runner.execute)
+    with _prepare_lock:
+        if id(huey) not in _prepared:
+            _prepared.add(id(huey))
+            huey.signal(SIGNAL_INTERRUPTED)(requeue_interrupted)
+            backup_task.register_periodic(huey)
+    return huey
+
+
+def consumer_huey(config: Settings | None = None) -> PaHuey:
+    """The consumer's Huey for `config` (else this process's settings), prepared."""
+    if config is not None:
+        runtime.configure(config)
+    return prepare(queue.huey())
+
+
+def create_consumer(config: Settings, **options: Any) -> Consumer:
+    """A Huey consumer of pa's queue for `config` (huey_consumer's options)."""
+    return consumer_huey(config).create_consumer(**options)
+
+
 class EmbeddedConsumer(Consumer):
     """A Huey consumer that leaves signals to its host process (uvicorn, pytest)."""
 
@@ -226,10 +253,13 @@ class EmbeddedConsumer(Consumer):
         pass
 
 
-def start_embedded(workers: int = 2, **options: Any) -> tuple[EmbeddedConsumer, Maintenance]:
-    """Start consumer threads and maintenance in this process."""
+def start_embedded(workers: int = 2, config: Settings | None = None,
+                   **options: Any) -> tuple[EmbeddedConsumer, Maintenance]:
+    """Start consumer threads and maintenance in this process (for `config`, else
+    this process's settings)."""
     options.setdefault("initial_delay", 0.05)
     options.setdefault("max_delay", 1.0)
+    huey = consumer_huey(config)
     consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", **options)
     maintenance = Maintenance()
     maintenance.start()
@@ -240,6 +270,6 @@ def start_embedded(workers: int = 2, **options: Any) -> tuple[EmbeddedConsumer, 
 def stop_embedded(consumer: EmbeddedConsumer, maintenance: Maintenance) -> None:
     """Drain running tasks, then stop the threads."""
     consumer.stop(graceful=True)
-    huey.notify_interrupted_tasks()
+    consumer.huey.notify_interrupted_tasks()
     maintenance.stop()
     events.flush()

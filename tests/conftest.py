@@ -1,6 +1,6 @@
-"""Real services for the whole run, started before `pa` is imported (it reads its
-settings once): a redis-server, an SMTP server, a SQLite file or a PostgreSQL
-database (PA_TEST_DB=postgres)."""
+"""Real services for the whole run, and pa configured for them (the environment
+of the servers the tests start): a redis-server, an SMTP server, a SQLite file or
+a PostgreSQL database (PA_TEST_DB=postgres)."""
 
 from __future__ import annotations
 
@@ -41,10 +41,12 @@ def pytest_configure(config: pytest.Config) -> None:
         PA_WORKER_TTL="3",
         PA_REAPER_INTERVAL="2",
     )
-    from pa import db
+    from pa import db, runtime
     from pa.schema import migrate
+    from pa.settings import load_settings
 
-    migrate(db.engine)
+    runtime.configure(load_settings(env_file=None))
+    migrate(db.engine())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -55,7 +57,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if "pg" in _state:
         from pa import db
 
-        db.engine.dispose()
+        db.engine().dispose()
         _state["pg"].drop()
     if "root" in _state:
         shutil.rmtree(_state["root"], ignore_errors=True)

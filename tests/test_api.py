@@ -485,6 +485,7 @@ def test_healthz(client: TestClient, redis_server: RedisServer) -> None:
 def test_the_web_app_loads_no_task_code() -> None:
     code = (
         "import sys, pa.web.app\n"
+        "pa.web.app.create_app()\n"
         "bad = sorted(m for m in sys.modules if m in ('pa.worker', 'pa.runner')"
         " or m.startswith(('pa.tasks', 'weasyprint')))\n"
         "print(bad)\n"

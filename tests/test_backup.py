@@ -21,9 +21,10 @@ from sqlalchemy import delete, func, select, update
 from pa import backup, db
 from pa.errors import Conflict, Invalid, PermanentJobError
 from pa.models import Job, Review, Role, User
-from pa.queue import JobType, huey
+from pa.queue import JobType
 from pa.settings import settings
 from pa.tasks import backup as backup_task
+from pa.worker import consumer_huey
 from tests.factories import make_review, make_user
 from tests.services import wait_final, wait_for
 from tests.web_fixtures import app_client, login, user_with_password
@@ -177,8 +178,9 @@ def test_the_schedule_is_parsed_checked_and_sloted():
 
 def test_every_consumer_schedules_the_trigger_at_pa_backup_cron():
     # (PA_BACKUP_CRON is the default, 0 2 * * *, in the tests.)
+    huey = consumer_huey()
     due = {t.name for t in huey.read_periodic(datetime(2026, 11, 29, 2, 0, 5))}
-    assert backup_task.schedule_backup.name in due
+    assert backup_task.SCHEDULE_BACKUP in due
     assert not huey.read_periodic(datetime(2026, 11, 29, 2, 1, 5))
 
 
@@ -219,7 +221,7 @@ def test_two_consumer_processes_make_one_backup_per_slot(tmp_path):
                 stdout=out, stderr=subprocess.STDOUT))
 
     def count(what: str) -> list[int]:
-        name = backup_task.schedule_backup.name
+        name = backup_task.SCHEDULE_BACKUP
         return [sum(1 for line in log.read_text(errors="replace").splitlines()
                     if what in line and f"{name}: " in line) for log in logs]
 

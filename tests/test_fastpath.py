@@ -13,9 +13,9 @@ import pytest
 import redis
 from sqlalchemy import exc, func, insert, select
 
-from pa import db, events, handlers, jobs
+from pa import db, events, handlers, jobs, queue
 from pa.models import Job
-from pa.queue import EventCarryingStorage, JobType, huey
+from pa.queue import EventCarryingStorage, JobType
 from tests.services import RedisServer, subscribed, wait_for
 
 _INSERT = insert(jobs.jobs_table).returning(*jobs.jobs_table.c)
@@ -120,7 +120,7 @@ def test_a_queue_read_sends_the_threads_held_events(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Held for a minute: only the read can have sent them.
     monkeypatch.setattr(events, "HOLD_SECONDS", 60.0)
-    task = huey.serialize_task(jobs.run_job.s("job-1", id="job-1", priority=5))
+    task = queue.huey().serialize_task(queue.huey().run_job.s("job-1", id="job-1", priority=5))
     carrying_queue.enqueue(task, priority=5)
     events.hold("processing-1")
     events.hold("completed-1")
@@ -220,7 +220,7 @@ class AnotherWriter:
         self.thread.join()
 
 
-@pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite only: PostgreSQL waits on the loop")
+@pytest.mark.skipif(not db.runs_inline(), reason="SQLite only: PostgreSQL waits on the loop")
 def test_a_write_that_would_wait_raises_writer_busy_before_it_starts() -> None:
     other = AnotherWriter()
     other.start()
@@ -235,7 +235,7 @@ def test_a_write_that_would_wait_raises_writer_busy_before_it_starts() -> None:
         pass  # free again
 
 
-@pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite's write lock")
+@pytest.mark.skipif(not db.runs_inline(), reason="SQLite's write lock")
 def test_a_write_whose_lock_frees_soon_runs_on_the_loop_and_one_held_long_in_a_thread(
 ) -> None:
     import asyncio
@@ -264,7 +264,7 @@ def test_a_write_whose_lock_frees_soon_runs_on_the_loop_and_one_held_long_in_a_t
     assert asyncio.run(run_while_held(release_from_the_loop=False)) != loop_thread
 
 
-@pytest.mark.skipif(not db.RUNS_INLINE, reason="SQLite's write lock")
+@pytest.mark.skipif(not db.runs_inline(), reason="SQLite's write lock")
 def test_submit_to_hr_answers_while_another_writer_holds_the_lock() -> None:
     """The route's write goes to a thread and waits there, not on the loop."""
     from pa.models import ReviewStatus, Role
@@ -289,7 +289,7 @@ def test_submit_to_hr_answers_while_another_writer_holds_the_lock() -> None:
     assert job is not None and job["status"] in ("pending", "processing", "completed")
 
 
-@pytest.mark.skipif(db.IS_SQLITE, reason="PostgreSQL's asyncio connections")
+@pytest.mark.skipif(db.is_sqlite(), reason="PostgreSQL's asyncio connections")
 def test_postgres_work_runs_on_the_loop_which_a_slow_statement_does_not_block() -> None:
     import asyncio
 
@@ -379,9 +379,9 @@ def _revocation_commands(client: Any) -> tuple[int, int]:
 
 def _run_next_task() -> None:
     """What a consumer's worker thread does with the next message: dequeue, execute."""
-    import pa.worker  # noqa: F401  (this test acts as the consumer: its runner runs the job)
-    from pa.queue import huey
+    from pa.worker import consumer_huey
 
+    huey = consumer_huey()  # this test acts as the consumer: its runner runs the job
     task = huey.dequeue()
     assert task is not None
     huey.execute(task)
@@ -406,7 +406,7 @@ def test_a_job_costs_huey_no_revocation_round_trips(redis_client: Any) -> None:
 
 
 def test_other_tasks_keep_hueys_revocation(redis_client: Any) -> None:
-    from pa.queue import huey
+    huey = queue.huey()
 
     ran: list[int] = []
 
@@ -460,12 +460,12 @@ def test_a_forked_child_does_not_use_its_parents_connections() -> None:
 # -- the write-ahead log -------------------------------------------------------------
 
 
-@pytest.mark.skipif(not db.IS_SQLITE, reason="SQLite's write-ahead log")
+@pytest.mark.skipif(not db.is_sqlite(), reason="SQLite's write-ahead log")
 def test_the_log_starts_over_under_a_steady_stream_of_writes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
-    database = db.engine.url.database
+    database = db.engine().url.database
     assert database is not None
     conn = sqlite3.connect(database, isolation_level=None)
 
@@ -487,7 +487,7 @@ def test_the_log_starts_over_under_a_steady_stream_of_writes(
 
     # The process's own checkpointer must not start the log over while it grows
     # (it would, past RESTART_FRAMES, on its next tick).
-    monkeypatch.setattr(db._checkpointer, "RESTART_FRAMES", 10**9)
+    monkeypatch.setattr(db.current().checkpointer, "RESTART_FRAMES", 10**9)
     writer = threading.Thread(target=write)
     writer.start()
     try:
@@ -497,8 +497,8 @@ def test_the_log_starts_over_under_a_steady_stream_of_writes(
         grown = frames()
         assert grown > 200
         # A pass that ends under the write lock lets the next writer start it over.
-        monkeypatch.setattr(db._checkpointer, "RESTART_FRAMES", 200)
-        db._checkpointer.checkpoint(conn)
+        monkeypatch.setattr(db.current().checkpointer, "RESTART_FRAMES", 200)
+        db.current().checkpointer.checkpoint(conn)
         time.sleep(0.05)
         assert frames() < grown
     finally:

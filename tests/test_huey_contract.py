@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from huey.storage import PriorityRedisStorage
 
-from pa import events, jobs
-from pa.queue import RUN_JOB, EventCarryingStorage, JobType, huey
+from pa import events, jobs, queue
+from pa.queue import RUN_JOB, EventCarryingStorage, JobType
 from tests.services import RedisServer
 
 
@@ -56,7 +56,7 @@ def _write_as_pa(storage: PriorityRedisStorage, job: dict[str, Any]) -> None:
 
 def _read(data: bytes | None) -> tuple[str, tuple[Any, ...], str, int | None]:
     assert data is not None
-    task = huey.deserialize_task(data)
+    task = queue.huey().deserialize_task(data)
     return task.name, tuple(task.args), task.id, task.priority
 
 
@@ -73,8 +73,8 @@ def test_pa_reads_what_huey_wrote_while_it_carries_events(
         stock: PriorityRedisStorage, carrying: EventCarryingStorage,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events, "HOLD_SECONDS", 60.0)  # only the read sends it
-    task = jobs.run_job.s("job-1", id="job-1", priority=5)
-    stock.enqueue(huey.serialize_task(task), priority=5)
+    task = queue.huey().run_job.s("job-1", id="job-1", priority=5)
+    stock.enqueue(queue.huey().serialize_task(task), priority=5)
     events.hold("held")
     assert _read(carrying.dequeue()) == (RUN_JOB, ("job-1",), "job-1", 5)
     assert events.take_held() == ()
@@ -83,7 +83,8 @@ def test_pa_reads_what_huey_wrote_while_it_carries_events(
 def test_equal_priorities_keep_their_order_across_both_writers(
         stock: PriorityRedisStorage) -> None:
     _write_as_pa(stock, _job("first", 5))
-    stock.enqueue(huey.serialize_task(jobs.run_job.s("second", id="second", priority=5)),
+    huey = queue.huey()
+    stock.enqueue(huey.serialize_task(huey.run_job.s("second", id="second", priority=5)),
                   priority=5)
     _write_as_pa(stock, _job("third", 5))
     order = [_read(stock.dequeue())[2] for _ in range(3)]
@@ -92,7 +93,7 @@ def test_equal_priorities_keep_their_order_across_both_writers(
 
 def test_a_job_type_enqueued_through_submit_lands_in_hueys_queue() -> None:
     job = jobs.submit(JobType.DATABASE_BACKUP, {}, None)
-    pending = [t.id for t in huey.pending()]
+    pending = [t.id for t in queue.huey().pending()]
     assert job["id"] in pending
 
 
@@ -100,26 +101,26 @@ def test_the_index_tells_which_jobs_are_queued(redis_server: RedisServer) -> Non
     """The reaper's question (pa.queue.missing_from_queue), on the app's own queue."""
     from pa.queue import index_key, missing_from_queue
 
-    storage: Any = huey.storage
+    storage: Any = queue.huey().storage
     index = index_key(storage.queue_key)
     # Given: one job written by the submit's round trip, one through Huey's enqueue
     submitted = jobs.submit(JobType.DATABASE_BACKUP, {}, None)["id"]
     assert jobs.enqueue("through-huey", 1)
     never = "never-enqueued"
-    assert missing_from_queue(huey, [submitted, "through-huey", never]) == [never]
+    assert missing_from_queue(queue.huey(), [submitted, "through-huey", never]) == [never]
     # When: a worker thread reads one; Then: it is missing at once, and the thread's
     # next read drops its index entry
-    task = huey.dequeue()
+    task = queue.huey().dequeue()
     assert task is not None
-    assert missing_from_queue(huey, [submitted, "through-huey"]) == [task.id]
+    assert missing_from_queue(queue.huey(), [submitted, "through-huey"]) == [task.id]
     assert storage.conn.hexists(index, "through-huey" if task.id == submitted else submitted)
-    huey.dequeue()
-    huey.dequeue()  # the queue is empty now: this read only forgets the last one
+    queue.huey().dequeue()
+    queue.huey().dequeue()  # the queue is empty now: this read only forgets the last one
     assert storage.conn.hlen(index) == 0
     # And a Redis that lost its data lost the index with it
     assert jobs.enqueue("again", 1)
     storage.conn.flushall()
-    assert missing_from_queue(huey, ["again"]) == ["again"]
+    assert missing_from_queue(queue.huey(), ["again"]) == ["again"]
 
 
 def test_threads_that_end_give_their_bus_connection_back(redis_server: RedisServer) -> None:

@@ -345,7 +345,7 @@ def tree_file(managers: int, employees: int) -> tuple[bytes, list[str]]:
 @contextmanager
 def failing_insert(email: str) -> Iterator[None]:
     """A database trigger that makes inserting `email` fail: a crash at a known row."""
-    sqlite = db.engine.dialect.name == "sqlite"
+    sqlite = db.engine().dialect.name == "sqlite"
     with db.begin() as conn:
         if sqlite:
             conn.exec_driver_sql(

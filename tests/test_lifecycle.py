@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from huey.signals import SIGNAL_COMPLETE
 
-from pa import jobs
+from pa import jobs, queue
 from pa.errors import Conflict, NotFound
 from pa.models import ReviewStatus, Role, User
-from pa.queue import JobType, huey
+from pa.queue import JobType
 from tests.factories import make_review, make_user
 from tests.services import RedisServer, SmtpServer, subscribed, wait_for
 
@@ -123,14 +123,14 @@ def deliveries() -> Iterator[Callable[[str], int]]:
         with lock:
             done.append(task.id)
 
-    huey.signal(SIGNAL_COMPLETE)(receiver)
+    queue.huey().signal(SIGNAL_COMPLETE)(receiver)
 
     def count(job_id: str) -> int:
         with lock:
             return done.count(job_id)
 
     yield count
-    huey.disconnect_signal(receiver, SIGNAL_COMPLETE)
+    queue.huey().disconnect_signal(receiver, SIGNAL_COMPLETE)
 
 
 def runs_of(statuses: list[str]) -> list[str]:
@@ -324,7 +324,7 @@ def test_duplicate_delivery_runs_the_job_once(request, smtp_server, deliveries):
     scene = make_scene(hr_count=2)
     job = scene.submit()
     assert jobs.enqueue(job["id"], job["priority"])
-    assert huey.pending_count() == 2
+    assert queue.huey().pending_count() == 2
     # When
     request.getfixturevalue("consumer")
     # Then

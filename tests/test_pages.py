@@ -239,7 +239,7 @@ def slow_disk(hold: float = 0.2) -> Iterator[None]:
     """SQLite's write lock taken for `hold` seconds at a time, with short gaps: each
     of a job's writes (a batch, a progress report) then waits up to `hold`, so the
     page has time to show every step, however fast the machine is."""
-    writer = db._sqlite_writer
+    writer = db.current().writer
     assert writer is not None, "SQLite only"
     stop = threading.Event()
 

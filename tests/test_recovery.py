@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from huey.signals import SIGNAL_INTERRUPTED
 
-from pa import heartbeat, jobs
-from pa.jobs import claim, run_job
+from pa import heartbeat, jobs, queue
+from pa.jobs import claim
 from pa.models import ReviewStatus, Role, User
-from pa.queue import JobType, huey
+from pa.queue import JobType
 from pa.worker import requeue_interrupted
 from tests.factories import make_review, make_user
 from tests.processes import ConsumerProcess
@@ -176,7 +176,7 @@ def test_sigterm_sends_the_running_job_back_to_pending(start_consumer, smtp_serv
         assert jobs.enqueue(job["id"], job["priority"])
     wait_mid_job(job["id"])
     if duplicate:
-        wait_for(lambda: huey.pending_count() == 0, message="the duplicate taken")
+        wait_for(lambda: queue.huey().pending_count() == 0, message="the duplicate taken")
         # the ignored duplicate takes milliseconds; a second message takes 0.5 s
         wait_mid_job(job["id"], mailed=2)
     # When: stopped at once (SIGTERM: the worker thread's task is abandoned)
@@ -225,7 +225,7 @@ def test_a_stale_interrupted_run_leaves_the_new_owner_alone(smtp_server):
     before = jobs.job_to_dict(row(job["id"]))
     # When: this process is stopped while an old, abandoned run of the job is in flight
     try:
-        requeue_interrupted(SIGNAL_INTERRUPTED, run_job.s(job["id"]))
+        requeue_interrupted(SIGNAL_INTERRUPTED, queue.huey().run_job.s(job["id"]))
     finally:
         heartbeat.stop()  # the handler gave this process a consumer identity
     # Then: the job stays with its new owner

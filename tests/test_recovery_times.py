@@ -183,7 +183,7 @@ def test_web_and_consumer_ride_out_a_database_outage(processes, smtp_server: Smt
     # Given: a web process and a consumer whose database connections go through a
     # relay that the test can cut
     token, reviews = _managed_reviews(6)
-    url = db.engine.url
+    url = db.engine().url
     assert url.port in (None, 5432)
     proxy = TcpProxy(url.port or 5432, url.host or "127.0.0.1")
     proxy.start()

@@ -18,7 +18,7 @@ from croniter import croniter
 from pa import backup, db
 from pa.errors import NotFound
 from pa.handlers import JobContext, handler
-from pa.queue import JobType, Priority, huey
+from pa.queue import JobType, PaHuey, Priority
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,14 @@ class CronSchedule:
 # A bad PA_BACKUP_CRON stops the consumer at start with the parse error's message.
 # croniter rather than huey's crontab() decides: it knows names (MON, JAN), 7 for
 # Sunday, and cron's rule that a restricted day-of-month OR day-of-week matches.
-SCHEDULE = CronSchedule.parse(settings.backup_cron)
+def schedule() -> CronSchedule:
+    """PA_BACKUP_CRON, parsed."""
+    return CronSchedule.parse(settings.backup_cron)
 
 
 def trigger_scheduled_backup(now: datetime | None = None) -> dict[str, Any] | None:
     """Create the backup job of the latest scheduled slot, unless another consumer did."""
-    slot = SCHEDULE.slot(now or db.utcnow())
+    slot = schedule().slot(now or db.utcnow())
     job = backup.create_scheduled_backup(slot)
     stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")  # as in the job's payload
     if job is None:
@@ -71,10 +73,15 @@ def trigger_scheduled_backup(now: datetime | None = None) -> dict[str, Any] | No
     return job
 
 
-# High priority: it only inserts a row, and its slot is computed when it runs.
-@huey.periodic_task(SCHEDULE.matches, priority=int(Priority.HIGH), name="pa.schedule_backup")
-def schedule_backup() -> None:
-    trigger_scheduled_backup()
+#: the periodic task's name (Huey's consumer logs it when it enqueues the task)
+SCHEDULE_BACKUP = "pa.schedule_backup"
+
+
+def register_periodic(huey: PaHuey) -> None:
+    """Declare the daily backup on a consumer's Huey (pa.worker's factory calls it)."""
+    # High priority: it only inserts a row, and its slot is computed when it runs.
+    huey.periodic_task(schedule().matches, priority=int(Priority.HIGH),
+                       name=SCHEDULE_BACKUP)(trigger_scheduled_backup)
 
 
 @handler(JobType.DATABASE_BACKUP)

@@ -158,7 +158,7 @@ def _upsert(step: int) -> Any:
     Step 1 (managers) returns ids and leaves manager_id alone; step 2 sets manager_id
     and returns nothing (a plain executemany is much faster than RETURNING's
     multi-row VALUES on SQLite)."""
-    name = db.engine.dialect.name
+    name = db.engine().dialect.name
     if name == "sqlite":
         ins: Any = sqlite.insert(users)
     elif name == "postgresql":

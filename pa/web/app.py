@@ -23,9 +23,9 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 import pa.web
-from pa import db
+from pa import db, runtime
 from pa.errors import PaError
-from pa.settings import settings
+from pa.settings import Settings, current
 from pa.web import auth, hub, pages
 from pa.web.auth import OriginCheckMiddleware
 from pa.web.offload import Dispatcher
@@ -71,7 +71,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def unavailable_errors() -> tuple[type[Exception], ...]:
     """What the database or Redis raise when they do not answer (or stopped
     answering mid-request): a 503 the client may retry, not a 500."""
-    dbapi: Any = db.engine.dialect.dbapi  # statements on raw connections raise its errors
+    dbapi: Any = db.engine().dialect.dbapi  # statements on raw connections raise its errors
     return (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
             dbapi.OperationalError, dbapi.InterfaceError,
             redis.ConnectionError, redis.TimeoutError)
@@ -113,8 +113,12 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
-    """The app; its lifespan holds its hub's one event subscription."""
+def create_app(config: Settings | None = None, *,
+               hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
+    """The app for `config` (else the environment's settings); its lifespan holds
+    its hub's one event subscription."""
+    config = config or current()
+    runtime.configure(config)
     event_hub = hub.Hub(queue_size=hub_queue_size)
     dispatcher = Dispatcher()
 
@@ -133,8 +137,8 @@ def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
     app = Starlette(
         routes=routes(),
         middleware=[
-            Middleware(OriginCheckMiddleware),
-            Middleware(SessionMiddleware, secret_key=settings.secret_key,
+            Middleware(OriginCheckMiddleware, allowed_origins=config.allowed_origins),
+            Middleware(SessionMiddleware, secret_key=config.secret_key,
                        session_cookie="pa_session",
                        max_age=int(auth.SESSION_MAX_AGE.total_seconds()),
                        same_site="lax", https_only=False),
@@ -149,7 +153,5 @@ def create_app(*, hub_queue_size: int = hub.QUEUE_SIZE) -> Starlette:
     )
     app.state.hub = event_hub
     app.state.dispatcher = dispatcher
+    app.state.settings = config
     return app
-
-
-app = create_app()

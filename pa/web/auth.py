@@ -16,7 +16,6 @@ from pa import db
 from pa.auth_passwords import hash_token, verify_password
 from pa.errors import Forbidden, Unauthorized
 from pa.models import ApiToken, EndedSession, Role, User
-from pa.settings import settings
 from pa.web.offload import run_db
 from pa.web.responses import error
 
@@ -155,7 +154,7 @@ def end_session(sid: str) -> None:
         # Its rows are needed only while a copy of the cookie could still be valid.
         conn.execute(delete(_ended).where(_ended.c.expires_at < now))
         # A copy of the cookie may sign out the same login again.
-        ended = (sqlite_insert(_ended) if db.IS_SQLITE else postgresql_insert(_ended))
+        ended = (sqlite_insert(_ended) if db.is_sqlite() else postgresql_insert(_ended))
         conn.execute(ended.on_conflict_do_nothing(),
                      {"sid": sid, "expires_at": now + SESSION_MAX_AGE})
 
@@ -202,17 +201,14 @@ def _own_origin(scope: Scope) -> str:
     return normalize_origin(f"{scheme}://{host}")
 
 
-_ALLOWED = frozenset(normalize_origin(o) for o in settings.allowed_origins)
-
-
-def origin_allowed(scope: Scope) -> bool:
-    """A request without Origin, or from the app's own origin or PA_ALLOWED_ORIGINS."""
+def origin_allowed(scope: Scope, allowed: frozenset[str]) -> bool:
+    """A request without Origin, or from the app's own origin or one of `allowed`."""
     headers = dict(scope.get("headers") or [])
     origin = headers.get(b"origin")
     if origin is None:
         return True
     value = normalize_origin(origin.decode("latin-1"))
-    return value == _own_origin(scope) or value in _ALLOWED
+    return value == _own_origin(scope) or value in allowed
 
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -221,18 +217,20 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 class OriginCheckMiddleware:
     """403 for a cookie-authenticated state change or a WebSocket from a foreign Origin."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...] = ()) -> None:
         self.app = app
+        #: PA_ALLOWED_ORIGINS
+        self.allowed = frozenset(normalize_origin(o) for o in allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
             headers = dict(scope.get("headers") or [])
             uses_bearer = headers.get(b"authorization", b"").lower().startswith(b"bearer ")
-            if not uses_bearer and not origin_allowed(scope):
+            if not uses_bearer and not origin_allowed(scope, self.allowed):
                 response = error("forbidden", "Cross-origin request refused.", 403)
                 await response(scope, receive, send)
                 return
-        elif scope["type"] == "websocket" and not origin_allowed(scope):
+        elif scope["type"] == "websocket" and not origin_allowed(scope, self.allowed):
             # Closing before accept makes the server answer the handshake with 403.
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})

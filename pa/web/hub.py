@@ -82,7 +82,7 @@ class Subscriber:
 
 
 class Hub:
-    """One subscription to `pa.events.bus`, many subscribers."""
+    """One subscription to `pa.events.bus()`, many subscribers."""
 
     def __init__(self, bus: events.Bus | None = None, queue_size: int = QUEUE_SIZE) -> None:
         self._bus = bus
@@ -177,7 +177,7 @@ class Hub:
         self.resync_all()
 
     async def _run(self) -> None:
-        bus = self._bus or events.bus
+        bus = self._bus or events.bus()
         while True:
             try:
                 async for message in bus.listen(self._on_subscribed):

@@ -43,7 +43,7 @@ async def run_db(fn: Callable[..., T], *args: Any) -> T:
     transaction, or reads before it, so that running it again in a thread is
     the same as running it once.
     """
-    if db.RUNS_INLINE:
+    if db.runs_inline():
         for pause in (*BUSY_PAUSES, None):
             try:
                 with db.without_waiting():
