@@ -220,7 +220,7 @@ def runs_on_loop() -> bool:
 async def run_on_loop(fn: Callable[..., T], *args: Any) -> T:
     """Run the blocking database code `fn(*args)` on the running loop.
 
-    `fn` is ordinary code (db.begin(), raw_begin(), Prepared...): it runs in a
+    `fn` is ordinary code (db.begin(), read_one(), Prepared...): it runs in a
     greenlet, where this module's functions use the loop's engine, whose
     driver calls suspend the greenlet until the answer comes (SQLAlchemy's own
     asyncio bridge). Anything else `fn` does blocks the loop, so: database
@@ -431,73 +431,47 @@ def read() -> Iterator[Connection]:
 
 
 @dataclass(frozen=True)
-class Raw:
-    """A transaction on a pooled DB-API connection, for Prepared statements only."""
+class _Raw:
+    """A pooled DB-API connection, for Prepared statements only."""
 
     dialect: Any
     dbapi_connection: Any
 
 
-@contextmanager
-def raw_begin(write: bool = True) -> Iterator[Raw]:
-    """begin() (or read(), write=False) without SQLAlchemy's Connection around it.
+def read_one(statement: Prepared, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one reading statement on a snapshot of its own; its first row, or None.
 
-    For the hot paths that run only Prepared statements: checking a Connection
-    out, wrapping it and committing through it cost about as much as the
-    statement itself. Same lock, same pool, same BEGIN IMMEDIATE on SQLite.
-    On PostgreSQL a read (write=False) runs in autocommit mode: one round trip
-    per statement instead of BEGIN, the statement and COMMIT, each statement
-    with a snapshot of its own (the hot reads are one statement each).
+    For the hot reads of one statement (a request's user, a job's row): in
+    autocommit mode, one round trip to PostgreSQL instead of three (BEGIN, the
+    statement, COMMIT), and no SQLAlchemy Connection around it.
     """
-    with _one_writer(write):
-        active = _engine()
-        pooled = active.raw_connection()
-        try:
-            dbapi_conn: Any = pooled.dbapi_connection
-            if current().is_sqlite:
-                # With the driver's own transactions off (make_engine), BEGIN is ours.
-                dbapi_conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            elif not write:
-                dbapi_conn.autocommit = True
-            try:
-                yield Raw(active.dialect, dbapi_conn)
-            except BaseException:
-                dbapi_conn.rollback()
-                raise
-            finally:
-                if not write and not current().is_sqlite:
-                    _end_autocommit(pooled, active)
-            dbapi_conn.commit()
-        finally:
-            pooled.close()
-
-
-def _end_autocommit(pooled: Any, active: Engine) -> None:
-    try:
-        pooled.dbapi_connection.autocommit = False
-    except active.dialect.loaded_dbapi.Error:  # broken: not back into the pool
-        pooled.invalidate()
+    return _one_statement(statement, params, write=False)
 
 
 def write_one(statement: Prepared, params: dict[str, Any]) -> dict[str, Any] | None:
     """Run one writing statement as a transaction of its own; its first row, or None.
 
-    raw_begin() for the commonest case, a job's claim or change: one UPDATE.
-    The statement runs in autocommit mode, where it is its own transaction, as
-    safe as BEGIN ... COMMIT around it and cheaper. On SQLite, which takes the
-    write lock when the statement starts and commits when it finishes, it is
-    one call into SQLite instead of three (each call releases the GIL, a
-    hand-over to the other worker thread when it waits for it): with two worker
-    threads this drained 8-10% more tracked jobs per second. On PostgreSQL it is
-    one round trip instead of two (the statement, then COMMIT), and the commit
-    still waits for its WAL flush.
+    For the commonest write, a job's claim or change: one UPDATE. The statement
+    runs in autocommit mode, where it is its own transaction, as safe as
+    BEGIN ... COMMIT around it and cheaper. On SQLite, which takes the write lock
+    when the statement starts and commits when it finishes, it is one call into
+    SQLite instead of three (each call releases the GIL, a hand-over to the other
+    worker thread when it waits for it): with two worker threads this drained
+    8-10% more tracked jobs per second. On PostgreSQL it is one round trip instead
+    of two (the statement, then COMMIT), and the commit still waits for its WAL
+    flush.
     """
-    with _one_writer(True):
+    return _one_statement(statement, params, write=True)
+
+
+def _one_statement(statement: Prepared, params: dict[str, Any],
+                   write: bool) -> dict[str, Any] | None:
+    with _one_writer(write):
         active = _engine()
         pooled = active.raw_connection()
         try:
             dbapi_conn: Any = pooled.dbapi_connection
-            raw = Raw(active.dialect, dbapi_conn)
+            raw = _Raw(active.dialect, dbapi_conn)
             if current().is_sqlite:
                 # (the driver's own transactions are off: see make_engine)
                 return statement.first(raw, params)
@@ -505,7 +479,10 @@ def write_one(statement: Prepared, params: dict[str, Any]) -> dict[str, Any] | N
             try:
                 return statement.first(raw, params)
             finally:
-                _end_autocommit(pooled, active)
+                try:
+                    dbapi_conn.autocommit = False
+                except active.dialect.loaded_dbapi.Error:  # broken: not back into the pool
+                    pooled.invalidate()
         finally:
             pooled.close()
 
@@ -528,7 +505,7 @@ class Prepared:
         self.statement = statement
         self._plan: _Plan | None = None
 
-    def _compile(self, conn: Connection | Raw) -> _Plan:
+    def _compile(self, conn: Connection | _Raw) -> _Plan:
         dialect = conn.dialect
         compiled: Any = self.statement.compile(dialect=dialect)
         wanted = [b.key for b in compiled.binds.values() if b.value is None and b.callable is None]
@@ -555,7 +532,7 @@ class Prepared:
         self._plan = plan  # one assignment: other threads see the old plan or this one
         return plan
 
-    def _cursor(self, conn: Connection | Raw, params: dict[str, Any]) -> tuple[_Plan, Any]:
+    def _cursor(self, conn: Connection | _Raw, params: dict[str, Any]) -> tuple[_Plan, Any]:
         plan = self._plan
         if plan is None or plan.dialect != conn.dialect.name:
             plan = self._compile(conn)
@@ -565,7 +542,7 @@ class Prepared:
             process = bind.get(name)
             values[name] = process(value) if process is not None else value
         args: Any = values if plan.order is None else [values[n] for n in plan.order]
-        dbapi_conn: Any = (conn.dbapi_connection if isinstance(conn, Raw)
+        dbapi_conn: Any = (conn.dbapi_connection if isinstance(conn, _Raw)
                            else conn.connection.dbapi_connection)
         cursor = dbapi_conn.cursor()
         try:
@@ -578,7 +555,7 @@ class Prepared:
                                       dialect=conn.dialect) from exc
         return plan, cursor
 
-    def first(self, conn: Connection | Raw, params: dict[str, Any]) -> dict[str, Any] | None:
+    def first(self, conn: Connection | _Raw, params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row the statement returns, as a dict, or None."""
         plan, cursor = self._cursor(conn, params)
         try:
@@ -590,7 +567,7 @@ class Prepared:
         return {key: (f(v) if f is not None else v)
                 for (key, f), v in zip(plan.columns, raw, strict=True)}
 
-    def rowcount(self, conn: Connection | Raw, params: dict[str, Any]) -> int:
+    def rowcount(self, conn: Connection | _Raw, params: dict[str, Any]) -> int:
         """Run a statement without rows; the number of rows it changed."""
         _plan, cursor = self._cursor(conn, params)
         try:

@@ -83,7 +83,7 @@ def job_to_dict(row: RowMapping | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def create(
-    conn: Connection | db.Raw,
+    conn: Connection,
     job_type: JobType,
     payload: dict[str, Any],
     user_id: int | None,
@@ -259,8 +259,7 @@ _LOAD = db.Prepared(select(*_ALL).where(jobs_table.c.id == bindparam("id")))
 
 def load_row(job_id: str) -> Mapping[str, Any] | None:
     """The raw row of a job (worker side: payload, checkpoint, worker id...)."""
-    with db.raw_begin(write=False) as conn:
-        return _LOAD.first(conn, {"id": job_id})
+    return db.read_one(_LOAD, {"id": job_id})
 
 
 def claim(job_id: str, worker_id: str) -> Mapping[str, Any] | None:

@@ -162,7 +162,7 @@ def record_submit_to_hr(user_id: int, role: Role, review_id: int) -> dict[str, A
     """The database half of submit_to_hr(): the caller dispatches the job it returns."""
     if not 0 < review_id <= MAX_ID:
         raise NotFound(f"No review {review_id}.")
-    with db.raw_begin() as conn:
+    with db.begin() as conn:
         if _mark_submitted(conn, user_id, role, review_id):
             return jobs.create(
                 conn,
@@ -208,7 +208,7 @@ _SUBMIT_AS_ADMIN = db.Prepared(_submit_statement(as_admin=True))
 _SUBMIT_AS_MANAGER = db.Prepared(_submit_statement(as_admin=False))
 
 
-def _mark_submitted(conn: db.Raw, user_id: int, role: Role, review_id: int) -> bool:
+def _mark_submitted(conn: Connection, user_id: int, role: Role, review_id: int) -> bool:
     stmt = _SUBMIT_AS_ADMIN if role is Role.ADMIN else _SUBMIT_AS_MANAGER
     params = {"review_id": review_id, "now": db.utcnow()}
     if role is not Role.ADMIN:

@@ -225,13 +225,13 @@ def test_a_write_that_would_wait_raises_writer_busy_before_it_starts() -> None:
     other = AnotherWriter()
     other.start()
     try:
-        with pytest.raises(db.WriterBusy), db.without_waiting(), db.raw_begin():
+        with pytest.raises(db.WriterBusy), db.without_waiting(), db.begin():
             pytest.fail("the block must not run while another thread writes")
-        with db.without_waiting(), db.raw_begin(write=False) as conn:  # reads never wait
-            assert jobs._LOAD.first(conn, {"id": "none"}) is None
+        with db.without_waiting():  # reads never wait
+            assert db.read_one(jobs._LOAD, {"id": "none"}) is None
     finally:
         other.release()
-    with db.without_waiting(), db.raw_begin():
+    with db.without_waiting(), db.begin():
         pass  # free again
 
 
@@ -243,7 +243,7 @@ def test_a_write_whose_lock_frees_soon_runs_on_the_loop_and_one_held_long_in_a_t
     from pa.web.offload import run_db
 
     def write() -> int:
-        with db.raw_begin():
+        with db.begin():
             return threading.get_ident()
 
     async def run_while_held(release_from_the_loop: bool) -> int:
@@ -307,13 +307,12 @@ def test_postgres_work_runs_on_the_loop_which_a_slow_statement_does_not_block() 
         return threading.get_ident()
 
     def quick() -> int:
-        with db.raw_begin(write=False) as conn:
-            assert jobs._LOAD.first(conn, {"id": "none"}) is None
+        assert db.read_one(jobs._LOAD, {"id": "none"}) is None
         order.append("quick")
         return threading.get_ident()
 
     def insert_twice(job_id: str) -> None:
-        with db.raw_begin() as conn:
+        with db.begin() as conn:
             for _ in range(2):
                 jobs._INSERT.first(conn, {"id": job_id, "type": "database_backup",
                                           "status": "pending", "priority": 1, "payload": {},

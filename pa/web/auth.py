@@ -82,8 +82,7 @@ _BY_TOKEN = (
 
 def load_by_session(user_id: int, sid: str) -> Principal | None:
     """The user of a cookie session; None if the user is gone or that login ended."""
-    with db.raw_begin(write=False) as conn:
-        row = _BY_SESSION.first(conn, {"user_id": user_id, "sid": sid})
+    row = db.read_one(_BY_SESSION, {"user_id": user_id, "sid": sid})
     if row is None:
         return None
     return Principal(row["id"], row["email"], row["name"], Role(row["role"]),
