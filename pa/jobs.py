@@ -16,9 +16,11 @@ from sqlalchemy import (
     Connection,
     RowMapping,
     Table,
+    Update,
     and_,
     bindparam,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -93,30 +95,73 @@ def create(
     dedupe_key: str | None = None,
 ) -> dict[str, Any]:
     """Insert a pending job in the caller's transaction; `dispatch()` it after the commit."""
-    spec = JOB_SPECS[JobType(job_type)]
-    now = db.utcnow()
-    row = _INSERT.first(
-        conn,
-        {
-            "id": uuid.uuid4().hex,
-            "type": JobType(job_type).value,
-            "status": JobStatus.PENDING.value,
-            "priority": int(spec.priority),
-            "user_id": user_id,
-            "payload": payload,
-            "attempts": 0,
-            "max_retries": spec.retries if max_retries is None else max_retries,
-            "retry_base": 0,
-            "time_limit": spec.time_limit if time_limit is None else time_limit,
-            "cancel_requested": False,
-            "dedupe_key": dedupe_key,
-            "version": 1,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
+    row = _INSERT.first(conn, _new_row(job_type, payload, user_id, max_retries=max_retries,
+                                       time_limit=time_limit, dedupe_key=dedupe_key))
     assert row is not None
     return job_to_dict(row)
+
+
+def create_after(change: Update, params: dict[str, Any], job_type: JobType,
+                 payload: dict[str, Any], user_id: int | None) -> dict[str, Any] | None:
+    """Run the UPDATE `change` (which changes one row at most) and insert a pending job
+    if it changed a row, in one transaction; the job, or None if nothing changed.
+    `dispatch()` the job then.
+
+    On PostgreSQL the two are one statement (the UPDATE in a WITH clause), run in
+    autocommit: one round trip instead of four (BEGIN, UPDATE, INSERT, COMMIT),
+    a third of a submit's CPU in the web process. SQLite runs the two in a
+    transaction (it has no UPDATE inside WITH).
+    """
+    new = _new_row(job_type, payload, user_id)
+    combined, apart = _CREATE_AFTER.get(change) or _prepare_create_after(change)
+    if db.is_sqlite():
+        with db.begin() as conn:
+            row = _INSERT.first(conn, new) if apart.rowcount(conn, params) == 1 else None
+    else:
+        row = db.write_one(combined, {**params, **{f"j_{k}": v for k, v in new.items()}})
+    return job_to_dict(row) if row is not None else None
+
+
+_NEW_COLUMNS = ("id", "type", "status", "priority", "user_id", "payload", "attempts",
+                "max_retries", "retry_base", "time_limit", "cancel_requested", "dedupe_key",
+                "version", "created_at", "updated_at")
+#: change -> (the UPDATE and INSERT in one statement, the UPDATE alone)
+_CREATE_AFTER: dict[Update, tuple[db.Prepared, db.Prepared]] = {}
+
+
+def _prepare_create_after(change: Update) -> tuple[db.Prepared, db.Prepared]:
+    c = jobs_table.c
+    changed = change.returning(literal(1).label("changed")).cte("changed")
+    new = select(*(bindparam(f"j_{k}", type_=c[k].type) for k in _NEW_COLUMNS))
+    combined = (insert(jobs_table).from_select(_NEW_COLUMNS, new.select_from(changed))
+                .returning(*_ALL))
+    prepared = (db.Prepared(combined), db.Prepared(change))
+    _CREATE_AFTER[change] = prepared
+    return prepared
+
+
+def _new_row(job_type: JobType, payload: dict[str, Any], user_id: int | None, *,
+             max_retries: int | None = None, time_limit: int | None = None,
+             dedupe_key: str | None = None) -> dict[str, Any]:
+    spec = JOB_SPECS[JobType(job_type)]
+    now = db.utcnow()
+    return {
+        "id": uuid.uuid4().hex,
+        "type": JobType(job_type).value,
+        "status": JobStatus.PENDING.value,
+        "priority": int(spec.priority),
+        "user_id": user_id,
+        "payload": payload,
+        "attempts": 0,
+        "max_retries": spec.retries if max_retries is None else max_retries,
+        "retry_base": 0,
+        "time_limit": spec.time_limit if time_limit is None else time_limit,
+        "cancel_requested": False,
+        "dedupe_key": dedupe_key,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def enqueue(job_id: str, priority: int, delay: float | None = None) -> bool:

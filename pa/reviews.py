@@ -162,14 +162,14 @@ def record_submit_to_hr(user_id: int, role: Role, review_id: int) -> dict[str, A
     """The database half of submit_to_hr(): the caller dispatches the job it returns."""
     if not 0 < review_id <= MAX_ID:
         raise NotFound(f"No review {review_id}.")
-    with db.begin() as conn:
-        if _mark_submitted(conn, user_id, role, review_id):
-            return jobs.create(
-                conn,
-                JobType.EMAIL_NOTIFICATION,
-                {"kind": "review_submitted", "reviewId": review_id},
-                user_id,
-            )
+    stmt = _SUBMIT_AS_ADMIN if role is Role.ADMIN else _SUBMIT_AS_MANAGER
+    params: dict[str, Any] = {"review_id": review_id, "now": db.utcnow()}
+    if role is not Role.ADMIN:
+        params["user_id"] = user_id
+    job = jobs.create_after(stmt, params, JobType.EMAIL_NOTIFICATION,
+                            {"kind": "review_submitted", "reviewId": review_id}, user_id)
+    if job is not None:
+        return job
     # Nothing changed: find out why (rare, so a read of its own).
     with db.read() as conn:
         _explain_refusal(conn, user_id, role, review_id)
@@ -204,16 +204,8 @@ def _submit_statement(as_admin: bool) -> Update:
     )
 
 
-_SUBMIT_AS_ADMIN = db.Prepared(_submit_statement(as_admin=True))
-_SUBMIT_AS_MANAGER = db.Prepared(_submit_statement(as_admin=False))
-
-
-def _mark_submitted(conn: Connection, user_id: int, role: Role, review_id: int) -> bool:
-    stmt = _SUBMIT_AS_ADMIN if role is Role.ADMIN else _SUBMIT_AS_MANAGER
-    params = {"review_id": review_id, "now": db.utcnow()}
-    if role is not Role.ADMIN:
-        params["user_id"] = user_id
-    return stmt.rowcount(conn, params) == 1
+_SUBMIT_AS_ADMIN = _submit_statement(as_admin=True)
+_SUBMIT_AS_MANAGER = _submit_statement(as_admin=False)
 
 
 def _explain_refusal(conn: Connection, user_id: int, role: Role, review_id: int) -> NoReturn:
