@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> None:
         if postgres:
             from pa import db
 
-            db.engine().dispose()
+            db.current().dispose()
             import psycopg
 
             with psycopg.connect(PG_ADMIN, autocommit=True) as con:

@@ -251,7 +251,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     try:
         compare(args, tmp, db.engine(), base_engine)
     finally:
-        db.engine().dispose()
+        db.current().dispose()
         base_engine.dispose()
         if args.postgres:
             import psycopg

@@ -151,7 +151,7 @@ def main() -> None:
         if pg is not None:
             from pa import db
 
-            db.engine().dispose()
+            db.current().dispose()
             pg.drop()
         redis_server.stop()
 

@@ -547,7 +547,7 @@ def main() -> None:
         if pg is not None:
             from pa import db
 
-            db.engine().dispose()
+            db.current().dispose()
             pg.drop()
         shutil.rmtree(root, ignore_errors=True)
 

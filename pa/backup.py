@@ -371,4 +371,4 @@ def restore_backup(path: Path) -> None:
             raise Unavailable(str(exc)) from None
     else:
         raise Invalid(f"{path.name} is not a pa backup (neither .sqlite.gz nor .pgdump).")
-    db.engine().dispose()  # pooled connections may hold the old schema's state
+    db.current().dispose()  # pooled connections may hold the old schema's state

@@ -314,7 +314,10 @@ def claim(job_id: str, worker_id: str) -> Mapping[str, Any] | None:
     None too: the scheduled delivery will come.
     """
     now = db.utcnow()
-    row = db.write_one(_CLAIM, {"c_id": job_id, "c_now": now, "c_worker": worker_id})
+    # Unflushed: a claim undone by a crash leaves the job pending, to be run again;
+    # the flushed commits after it (its end, an email's sent mark) flush it too.
+    row = db.write_one(_CLAIM, {"c_id": job_id, "c_now": now, "c_worker": worker_id},
+                       flush=False)
     if row is None:
         return None
     # Held, not sent: a short job's next change carries it (events.hold).

@@ -57,7 +57,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if "pg" in _state:
         from pa import db
 
-        db.engine().dispose()
+        db.current().dispose()
         _state["pg"].drop()
     if "root" in _state:
         shutil.rmtree(_state["root"], ignore_errors=True)

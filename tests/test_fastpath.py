@@ -289,6 +289,33 @@ def test_submit_to_hr_answers_while_another_writer_holds_the_lock() -> None:
     assert job is not None and job["status"] in ("pending", "processing", "completed")
 
 
+@pytest.mark.skipif(db.is_sqlite(), reason="PostgreSQL's WAL flush")
+def test_a_claim_does_not_wait_for_the_wal_flush_and_a_jobs_end_does() -> None:
+    from sqlalchemy import text
+
+    # Given: a write that does not flush, beside one that does
+    setting = db.Prepared(select(func.current_setting("synchronous_commit").label("s")))
+    assert db.write_one(setting, {}, flush=False) == {"s": "off"}
+    assert db.write_one(setting, {}) == {"s": "on"}
+    # When: a job is claimed, then ends
+    job_id = jobs.submit(JobType.DATABASE_BACKUP, {}, None)["id"]
+    assert jobs.claim(job_id, "tests:1") is not None
+
+    def unflushed_statements() -> list[str]:
+        with db.read() as conn:
+            return list(conn.execute(text(
+                "SELECT query FROM pg_stat_activity WHERE application_name = 'pa-unflushed'"
+                " AND datname = current_database()")).scalars())
+
+    # Then: the claim went through a connection that does not wait for the flush
+    # (its UPDATE counts the attempt), the job's end did not
+    assert any("attempts + " in q for q in unflushed_statements())
+    assert jobs.change(job_id, {"status": "completed", "completed_at": db.utcnow()},
+                       expect={"status": "processing"}) is not None
+    assert not any("completed_at=$" in q for q in unflushed_statements())
+    assert jobs.load_row(job_id)["status"] == "completed"  # type: ignore[index]
+
+
 @pytest.mark.skipif(db.is_sqlite(), reason="PostgreSQL's asyncio connections")
 def test_postgres_work_runs_on_the_loop_which_a_slow_statement_does_not_block() -> None:
     import asyncio
