@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -23,12 +24,14 @@ def retry_delay(job_type: JobType, retry_number: int) -> float:
     return float(spec.retry_delay * spec.backoff ** (retry_number - 1))
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, incident: str) -> str:
+    """What the job's owner reads: our own errors are written for people; anything
+    else may carry details they must not see (paths, addresses, SQL)."""
     text = str(exc).strip()
     if text and (isinstance(exc, (PermanentJobError, JobTimedOut))
                  or type(exc).__module__.startswith("pa.")):
-        return text  # our own errors are written for people
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return text
+    return f"Internal error (logged as {incident})."
 
 
 def execute(job_id: str) -> None:
@@ -82,11 +85,13 @@ def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
 
 
 def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception) -> None:
-    error = _describe(exc)
+    incident = uuid.uuid4().hex[:12]
+    error = _describe(exc, incident)
     retryable = not isinstance(exc, PermanentJobError)
     retry_number = ctx.attempt - row["retry_base"]
     if not isinstance(exc, (PermanentJobError, JobTimedOut)):
-        log.exception("job %s (%s) attempt %d failed", ctx.job_id, ctx.type.value, ctx.attempt)
+        log.exception("job %s (%s) attempt %d failed (incident %s)", ctx.job_id,
+                      ctx.type.value, ctx.attempt, incident)
     if retryable and retry_number <= row["max_retries"]:
         delay = retry_delay(ctx.type, retry_number)
         job = jobs.change(

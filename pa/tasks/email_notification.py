@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
 from email.message import EmailMessage
 from typing import Any
@@ -15,6 +16,8 @@ from pa.handlers import JobContext, handler
 from pa.models import Review, Role, User
 from pa.queue import JobType
 from pa.settings import settings
+
+log = logging.getLogger(__name__)
 
 #: what each kind of notification needs: its template and how to find recipients
 KINDS = {"review_submitted"}
@@ -67,11 +70,7 @@ def _is_permanent(exc: smtplib.SMTPException) -> str | None:
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         refused = exc.recipients
         if refused and all(code >= 500 for code, _ in refused.values()):
-            who = ", ".join(
-                f"{addr} ({code} {msg.decode(errors='replace')})"
-                for addr, (code, msg) in refused.items()
-            )
-            return f"Recipient refused by the mail server: {who}"
+            return f"Recipient refused by the mail server: {_refused(exc)}"
         return None
     code = getattr(exc, "smtp_code", None)
     if isinstance(code, int) and code >= 500:
@@ -80,6 +79,18 @@ def _is_permanent(exc: smtplib.SMTPException) -> str | None:
             text = text.decode(errors="replace")
         return f"Mail server refused the message: {code} {text}"
     return None
+
+
+def _refused(exc: smtplib.SMTPRecipientsRefused) -> str:
+    """The server's answers, without the addresses: the job's owner (a manager)
+    is not shown whom HR's mail goes to; the log names them."""
+    log.warning("mail server refused %s", ", ".join(
+        f"{addr} ({code} {msg.decode(errors='replace')})"
+        for addr, (code, msg) in exc.recipients.items()))
+    answers = sorted({f"{code} {msg.decode(errors='replace')}"
+                      for code, msg in exc.recipients.values()})
+    count = len(exc.recipients)
+    return f"{count} recipient{'s' if count != 1 else ''} ({'; '.join(answers)})"
 
 
 class TemporaryMailError(Exception):
@@ -92,9 +103,7 @@ def _describe_smtp(exc: smtplib.SMTPException) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return "Mail server refused recipients for now: " + ", ".join(
-            f"{addr} ({c} {m.decode(errors='replace')})" for addr, (c, m) in exc.recipients.items()
-        )
+        return f"Mail server refused recipients for now: {_refused(exc)}"
     if code:
         return f"Mail server answered {code} {text}".strip()
     return f"Mail server error: {exc}"
@@ -122,7 +131,7 @@ def _send_one(ctx: JobContext, sender: mail.Sender, msg: EmailMessage, email: st
         if reason:
             raise PermanentJobError(reason) from exc
         raise TemporaryMailError(_describe_smtp(exc)) from exc
-    ctx.progress(len(sent), total, f"Sent to {email}")
+    ctx.progress(len(sent), total, f"Sent {len(sent)} of {total}")
 
 
 @handler(JobType.EMAIL_NOTIFICATION)

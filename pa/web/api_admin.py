@@ -59,8 +59,8 @@ async def download_backup(request: Request) -> Response:
 
 routes: list[BaseRoute] = [
     Route("/api/fiscal-years", list_fiscal_years, methods=["GET"]),
-    Route("/api/fiscal-years/{year:int}/close", close_fiscal_year, methods=["POST"]),
-    Route("/api/fiscal-years/{year:int}/archive", download_archive, methods=["GET"]),
+    Route("/api/fiscal-years/{year:id}/close", close_fiscal_year, methods=["POST"]),
+    Route("/api/fiscal-years/{year:id}/archive", download_archive, methods=["GET"]),
     Route("/api/admin/backups", list_backups, methods=["GET"]),
     Route("/api/admin/backups", create_backup, methods=["POST"]),
     Route("/api/admin/backups/{name}", download_backup, methods=["GET"]),

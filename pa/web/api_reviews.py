@@ -48,6 +48,6 @@ async def submit_to_hr(request: Request) -> Response:
 
 routes: list[BaseRoute] = [
     Route("/api/reviews", list_reviews, methods=["GET"]),
-    Route("/api/reviews/{review_id:int}", get_review, methods=["GET"]),
-    Route("/api/reviews/{review_id:int}/submit-to-hr", submit_to_hr, methods=["POST"]),
+    Route("/api/reviews/{review_id:id}", get_review, methods=["GET"]),
+    Route("/api/reviews/{review_id:id}/submit-to-hr", submit_to_hr, methods=["POST"]),
 ]

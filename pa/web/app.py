@@ -27,7 +27,7 @@ from pa import db, runtime
 from pa.errors import PaError
 from pa.settings import Settings, current
 from pa.web import auth, hub, pages
-from pa.web.auth import OriginCheckMiddleware
+from pa.web.auth import OriginCheckMiddleware, SecurityHeadersMiddleware
 from pa.web.offload import Dispatcher
 from pa.web.responses import error, from_error
 
@@ -137,6 +137,7 @@ def create_app(config: Settings | None = None, *,
     app = Starlette(
         routes=routes(),
         middleware=[
+            Middleware(SecurityHeadersMiddleware),
             Middleware(OriginCheckMiddleware, allowed_origins=config.allowed_origins),
             Middleware(SessionMiddleware, secret_key=config.secret_key,
                        session_cookie="pa_session",

@@ -10,7 +10,7 @@ from sqlalchemy import Table, bindparam, delete, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pa import db
 from pa.auth_passwords import hash_token, verify_password
@@ -124,14 +124,17 @@ def bearer_token(conn: HTTPConnection) -> str | None:
 
 
 async def current_user(conn: HTTPConnection) -> Principal | None:
-    """The signed-in user (bearer token first, then the session cookie), or None."""
+    """The signed-in user, or None: with an Authorization header, its bearer token
+    alone (the cookie is ignored, a malformed header signs nobody in); else the
+    session cookie."""
     cached = conn.scope.get("pa.user", False)
     if cached is not False:
         return cast(Principal | None, cached)
     user: Principal | None = None
-    token = bearer_token(conn)
-    if token is not None:
-        user = await run_db(load_by_token, token)
+    if "authorization" in conn.headers:
+        token = bearer_token(conn)
+        if token is not None:
+            user = await run_db(load_by_token, token)
     elif "session" in conn.scope:
         uid = conn.session.get(SESSION_KEY)
         sid = conn.session.get(SESSION_ID_KEY)
@@ -160,7 +163,7 @@ def end_session(sid: str) -> None:
 
 def session_id(conn: HTTPConnection) -> str | None:
     """The id of the login behind a cookie session (None for bearer tokens)."""
-    if bearer_token(conn) is not None or "session" not in conn.scope:
+    if "authorization" in conn.headers or "session" not in conn.scope:
         return None
     sid = conn.session.get(SESSION_ID_KEY)
     return sid if isinstance(sid, str) else None
@@ -212,6 +215,34 @@ def origin_allowed(scope: Scope, allowed: frozenset[str]) -> bool:
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
+#: on every answer (DESIGN.md, "Sessions and abuse"): the pages load nothing from
+#: elsewhere and run no inline script or style, and no site may frame them
+SECURITY_HEADERS = (
+    (b"content-security-policy",
+     b"default-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+)
+
+
+class SecurityHeadersMiddleware:
+    """SECURITY_HEADERS on every HTTP answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
 
 class OriginCheckMiddleware:
     """403 for a cookie-authenticated state change or a WebSocket from a foreign Origin."""
@@ -222,10 +253,23 @@ class OriginCheckMiddleware:
         self.allowed = frozenset(normalize_origin(o) for o in allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            names = [name for name, _ in scope.get("headers") or []]
+            if names.count(b"authorization") > 1 or names.count(b"origin") > 1:
+                # Two copies could each be read by a different check.
+                if scope["type"] == "websocket":
+                    await receive()
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                response = error("invalid", "Duplicate Authorization or Origin header.", 400)
+                await response(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
             headers = dict(scope.get("headers") or [])
-            uses_bearer = headers.get(b"authorization", b"").lower().startswith(b"bearer ")
-            if not uses_bearer and not origin_allowed(scope, self.allowed):
+            # With an Authorization header the cookie is ignored (current_user), so
+            # no cookie can be riding on a cross-site request.
+            uses_header = b"authorization" in headers
+            if not uses_header and not origin_allowed(scope, self.allowed):
                 response = error("forbidden", "Cross-origin request refused.", 403)
                 await response(scope, receive, send)
                 return

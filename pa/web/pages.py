@@ -65,8 +65,14 @@ def _render(request: Request, name: str, page: str, user: Principal | None,
 
 
 def safe_next(value: str | None) -> str:
-    """A local path to go to after signing in (never another site)."""
-    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+    """A local path to go to after signing in (never another site).
+
+    Browsers drop tabs and newlines from a URL and read a backslash as a slash, so
+    `/\t/host` or `/\\host` would be `//host`, another site: any control character
+    or backslash sends the user home instead.
+    """
+    if (not value or not value.startswith("/") or value.startswith("//")
+            or "\\" in value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)):
         return "/"
     return value
 

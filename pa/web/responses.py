@@ -6,10 +6,31 @@ import json
 from collections.abc import Mapping
 from typing import Any, overload
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pa.errors import Invalid, PaError
+from pa.errors import Invalid, PaError, TooLarge
+
+#: the largest JSON body read (DESIGN.md, "Sessions and abuse")
+MAX_JSON_BYTES = 64 * 1024
+
+
+class IdConvertor(Convertor[int]):
+    """`{name:id}` in a route: a positive whole number of at most 18 digits. (A
+    longer one matches no route, a 404, where Starlette's `int` raised a 500 past
+    Python's 4,300-digit limit of int().)"""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("id", IdConvertor())
 
 
 def _dumps(content: Any) -> bytes:
@@ -52,10 +73,20 @@ def from_error(exc: PaError) -> Response:
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or Invalid."""
+    """The request's JSON object, or Invalid; TooLarge past MAX_JSON_BYTES, before
+    more than that is read."""
+    too_large = TooLarge(f"The request body is larger than {MAX_JSON_BYTES // 1024} KiB.")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BYTES:
+            raise too_large
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (200,000 '[' recurse)
         raise Invalid("The request body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise Invalid("The request body must be a JSON object.")

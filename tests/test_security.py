@@ -1,0 +1,133 @@
+"""Findings of the security review (issue 11), each as what a client now gets."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from pa.models import Role
+from pa.queue import JobType
+from pa.web.responses import MAX_JSON_BYTES
+from tests.factories import make_user
+from tests.services import wait_final
+from tests.web_fixtures import app_client, live_server, login, user_with_password
+
+FOREIGN = "http://evil.example"
+
+
+@pytest.fixture
+def client() -> Any:
+    with app_client() as c:
+        yield c
+
+
+def _error(r: Any, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["success"] is False and body["error"]["code"] == code, body
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+@pytest.mark.parametrize("evil", ["/\t/evil.example", "/\n/evil.example", "/\r/evil.example",
+                                  "/\\evil.example", "/x\\..\\\\evil.example",
+                                  "/\x7f/evil.example"])
+def test_next_after_login_never_leaves_the_app(client: TestClient, evil: str) -> None:
+    # A browser drops tabs and newlines and reads '\' as '/': each of these was //host.
+    assert 'data-next="/"' in client.get("/login", params={"next": evil}).text
+    login(client, user_with_password())
+    r = client.get("/login", params={"next": evil}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    # A path of the app still works.
+    r = client.get("/login", params={"next": "/reviews?year=2026"}, follow_redirects=False)
+    assert r.headers["location"] == "/reviews?year=2026"
+
+
+def test_a_json_body_over_64_kib_is_refused(client: TestClient) -> None:
+    user = user_with_password()
+    padding = "x" * MAX_JSON_BYTES
+    r = client.post("/api/session", json={"email": user.email, "password": padding})
+    assert _error(r, 413, "too_large")["message"] == "The request body is larger than 64 KiB."
+
+
+def test_a_huge_body_is_answered_before_it_is_sent_whole() -> None:
+    # Given: a real server, and a client that announces 200 MB and sends 128 KiB
+    with live_server() as server, socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST /api/session HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 200000000\r\n\r\n")
+        s.sendall(b"[" * (128 * 1024))
+        # Then: the answer comes without the rest of the body
+        s.settimeout(10)
+        answer = s.recv(65536).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert '"code":"too_large"' in answer
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(client: TestClient) -> None:
+    r = client.post("/api/session", content=b"[" * 60_000,
+                    headers={"Content-Type": "application/json"})
+    assert _error(r, 400, "invalid")["message"] == "The request body must be a JSON object."
+
+
+@pytest.mark.parametrize("path", ["/api/reviews/{n}", "/api/reviews/{n}/submit-to-hr",
+                                  "/api/fiscal-years/{n}/archive"])
+def test_an_id_of_thousands_of_digits_is_a_404(client: TestClient, path: str) -> None:
+    login(client, user_with_password(Role.ADMIN))
+    url = path.format(n="9" * 4301)
+    r = client.post(url) if url.endswith("submit-to-hr") else client.get(url)
+    _error(r, 404, "not_found")
+
+
+def test_duplicate_authorization_or_origin_headers_are_refused(client: TestClient) -> None:
+    login(client, user_with_password(Role.MANAGER))
+    for name, values in (("Authorization", ["Bearer a", "Bearer b"]),
+                         ("Origin", ["http://testserver", FOREIGN])):
+        headers = [(name.encode(), v.encode()) for v in values]
+        r = client.post("/api/jobs/nothing/cancel", headers=headers)  # type: ignore[arg-type]
+        _error(r, 400, "invalid")
+
+
+def test_an_authorization_header_decides_even_when_it_is_blank(client: TestClient) -> None:
+    # Given: a signed-in cookie, and a request from a foreign page with a header
+    # that looks like a bearer token but holds only a no-break space
+    login(client, user_with_password(Role.MANAGER))
+    headers = {"Origin": FOREIGN, "Authorization": "Bearer \u00a0".encode("latin-1")}
+    # Then: the header, not the cookie, decides: nobody is signed in
+    _error(client.post("/api/jobs/nothing/cancel", headers=headers), 401, "unauthorized")
+    _error(client.get("/api/me", headers={"Authorization": "Bearer \u00a0".encode("latin-1")}), 401,
+           "unauthorized")
+    assert client.get("/api/me").status_code == 200  # the cookie alone still works
+
+
+def test_pages_and_answers_carry_the_security_headers(client: TestClient) -> None:
+    for r in (client.get("/login"), client.get("/api/me"), client.get("/static/app.css")):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["referrer-policy"] == "same-origin"
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+
+
+def test_an_unexpected_error_shows_its_owner_an_incident_id_only(
+        consumer: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # Given: an email job whose payload makes its handler fail in a way pa did not
+    # foresee (a review id that int() refuses: a ValueError naming the value)
+    from pa import jobs
+
+    manager = make_user(Role.MANAGER)
+    caplog.set_level(logging.ERROR, logger="pa.runner")
+    job = jobs.submit(JobType.EMAIL_NOTIFICATION,
+                      {"kind": "review_submitted", "reviewId": "secret-value"}, manager.id,
+                      max_retries=0)
+    # Then: the owner reads an incident id, the log has the exception with that id
+    done = wait_final(job["id"])
+    assert done["status"] == "failed"
+    assert done["error"].startswith("Internal error (logged as "), done["error"]
+    assert "secret-value" not in done["error"] and "ValueError" not in done["error"]
+    incident = done["error"].removeprefix("Internal error (logged as ").rstrip(").")
+    logged = [r for r in caplog.records if incident in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
+    assert "secret-value" in str(logged[0].exc_info[1])
