@@ -17,7 +17,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from pa import db, runtime
+from pa import accounts, db, runtime
 from pa.errors import PaError, SchemaMismatch
 from pa.models import ApiToken, Role, User
 from pa.schema import current_revision, head_revision, migrate, schema_problem
@@ -256,9 +256,55 @@ def set_password(args: argparse.Namespace) -> None:
             update(users).where(users.c.id == user_id)
             .values(password_hash=password_hash, updated_at=db.utcnow())
         ).rowcount
+        if done:
+            # Whoever knew the old password may hold a cookie or a token: they end.
+            tokens = accounts.end_logins(conn, user_id)
     if not done:
         raise CommandError(f"No user with email {args.email}.")
-    print(f"Password set for {args.email.strip()}.")
+    accounts.announce_logins_ended(user_id)
+    print(f"Password set for {args.email.strip()}; their logins ended and "
+          f"{_tokens(tokens)} deleted.")
+
+
+def _tokens(count: int) -> str:
+    return f"{count} API token{'s' if count != 1 else ''}"
+
+
+@command(
+    "revoke-tokens",
+    "end every login of a user (cookies, copies included) and delete their API tokens",
+    arg("email", metavar="EMAIL"),
+)
+def revoke_tokens(args: argparse.Namespace) -> None:
+    _require_schema()
+    with db.begin() as conn:
+        user_id = _existing_user_id(conn, args.email)
+        tokens = accounts.end_logins(conn, user_id)
+    accounts.announce_logins_ended(user_id)
+    print(f"Logins of {args.email.strip()} ended; {_tokens(tokens)} deleted.")
+
+
+@command(
+    "disable-user",
+    "stop a user from signing in (their logins end, their API tokens are deleted)",
+    arg("email", metavar="EMAIL"),
+)
+def disable_user(args: argparse.Namespace) -> None:
+    _require_schema()
+    with db.begin() as conn:
+        user_id = _existing_user_id(conn, args.email)
+        accounts.set_disabled(conn, user_id, True)
+    accounts.announce_logins_ended(user_id)
+    print(f"{args.email.strip()} is disabled: they cannot sign in until enable-user.")
+
+
+@command("enable-user", "let a disabled user sign in again", arg("email", metavar="EMAIL"))
+def enable_user(args: argparse.Namespace) -> None:
+    _require_schema()
+    with db.begin() as conn:
+        user_id = _existing_user_id(conn, args.email)
+        accounts.set_disabled(conn, user_id, False)
+    print(f"{args.email.strip()} may sign in again.")
 
 
 @command(

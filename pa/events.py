@@ -37,6 +37,13 @@ def job_event(job: dict[str, Any]) -> str:
     return json.dumps({"type": "job", "data": job}, separators=(",", ":"))
 
 
+def logins_end_event(user_id: int) -> str:
+    """The message sent when every login of a user ended: web processes close the
+    user's sockets."""
+    return json.dumps({"type": "logins_end", "data": {"userId": user_id}},
+                      separators=(",", ":"))
+
+
 def session_end_event(session_id: str) -> str:
     """The message sent when a login ends: web processes close its sockets."""
     return json.dumps({"type": "session_end", "data": {"sid": session_id}},

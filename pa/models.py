@@ -94,6 +94,10 @@ class User(Base):
     )
     #: argon2 hash; NULL until a password is set (imported users cannot log in)
     password_hash: Mapped[str | None] = mapped_column(String(200))
+    #: logins (cookies) made before this no longer sign the user in (pa.accounts)
+    logins_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: set while the user may not sign in at all
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -126,7 +127,10 @@ def test_a_session_cookie_without_a_login_id_signs_nobody_in(client: TestClient)
     client.cookies.set("pa_session", _session_cookie({"uid": user.id}))
     assert client.get("/api/me").status_code == 401
     client.cookies.set("pa_session", _session_cookie({"uid": user.id, "sid": "x" * 22}))
-    assert client.get("/api/me").status_code == 200  # the same cookie with one
+    assert client.get("/api/me").status_code == 401  # nor one without the login's time
+    client.cookies.set("pa_session", _session_cookie({"uid": user.id, "sid": "x" * 22,
+                                                      "at": time.time()}))
+    assert client.get("/api/me").status_code == 200  # the same cookie with both
 
 
 def test_login_ignores_email_case_and_spaces(client: TestClient) -> None:

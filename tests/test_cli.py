@@ -118,7 +118,7 @@ def test_set_password_reads_one_line_from_piped_stdin(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("new password 42\n"))
     status, out, err = run(capsys, "set-password", "ada@example.com")
     assert (status, err) == (0, "")
-    assert "Password set for ada@example.com." in out
+    assert "Password set for ada@example.com; their logins ended" in out
     stored = user("ada@example.com").password_hash
     assert verify_password(stored, "new password 42")
     assert not verify_password(stored, "old-password")

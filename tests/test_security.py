@@ -131,3 +131,99 @@ def test_an_unexpected_error_shows_its_owner_an_incident_id_only(
     logged = [r for r in caplog.records if incident in r.getMessage()]
     assert logged and logged[0].exc_info is not None
     assert "secret-value" in str(logged[0].exc_info[1])
+
+
+# --- ending logins: set-password, revoke-tokens, disable-user, enable-user ----------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+         *argv: str, stdin: str = "") -> str:
+    import io
+    import sys
+
+    from pa import cli
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    return out
+
+
+def _token(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+           email: str) -> str:
+    return _cli(capsys, monkeypatch, "create-token", email).strip().splitlines()[-1]
+
+
+def test_a_new_password_ends_every_login_and_token_and_closes_the_sockets(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import httpx
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.web_fixtures import next_message, open_socket
+
+    # Given: a user signed in twice (a cookie and a copy of it), with a token and an
+    # open socket, on a real server
+    user = user_with_password(Role.MANAGER)
+    token = _token(capsys, monkeypatch, user.email)
+    with live_server() as server:
+        cookie = server.cookie(user)
+        with httpx.Client(base_url=server.url) as http:
+            for headers in ({"Cookie": cookie}, {"Cookie": cookie},
+                            {"Authorization": f"Bearer {token}"}):
+                assert http.get("/api/me", headers=headers).status_code == 200
+
+            async def scenario() -> int:
+                ws = await open_socket(server, cookie)
+                assert (await next_message(ws))["type"] == "snapshot"
+                # When: the password is set anew
+                await asyncio.to_thread(_cli, capsys, monkeypatch, "set-password",
+                                        user.email, stdin="another password 7\n")
+                # Then: the socket is closed as signed out
+                try:
+                    await asyncio.wait_for(ws.recv(), 10)
+                except ConnectionClosed as closed:
+                    return closed.rcvd.code if closed.rcvd else -1
+                return 0
+
+            assert asyncio.run(scenario()) == 4401
+            # ... and neither the cookie (nor its copy) nor the token signs anyone in
+            for headers in ({"Cookie": cookie}, {"Authorization": f"Bearer {token}"}):
+                _error(http.get("/api/me", headers=headers), 401, "unauthorized")
+            # ... while the new password signs in again
+            r = http.post("/api/session",
+                          json={"email": user.email, "password": "another password 7"})
+            assert r.status_code == 200
+
+
+def test_revoke_tokens_ends_logins_and_tokens(
+        client: TestClient, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    user = user_with_password(Role.HR_ADMIN)
+    token = _token(capsys, monkeypatch, user.email)
+    login(client, user)
+    out = _cli(capsys, monkeypatch, "revoke-tokens", user.email)
+    assert "1 API token deleted" in out
+    _error(client.get("/api/me"), 401, "unauthorized")
+    _error(client.get("/api/me", headers={"Authorization": f"Bearer {token}"}), 401,
+           "unauthorized")
+    login(client, user)  # the password still works
+    assert client.get("/api/me").status_code == 200
+
+
+def test_a_disabled_user_cannot_sign_in_until_enabled(
+        client: TestClient, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.web_fixtures import PASSWORD
+
+    user = user_with_password(Role.MANAGER)
+    login(client, user)
+    _cli(capsys, monkeypatch, "disable-user", user.email)
+    _error(client.get("/api/me"), 401, "unauthorized")
+    r = client.post("/api/session", json={"email": user.email, "password": PASSWORD})
+    assert _error(r, 401, "unauthorized")["message"] == "Wrong email or password."
+    _cli(capsys, monkeypatch, "enable-user", user.email)
+    login(client, user)
+    assert client.get("/api/me").status_code == 200

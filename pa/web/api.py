@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from pa import db, events, jobs
 from pa.errors import Invalid, NotFound, Unauthorized
 from pa.settings import settings
 from pa.web.auth import (
+    SESSION_AT_KEY,
     SESSION_ID_KEY,
     SESSION_KEY,
     Principal,
@@ -67,6 +69,7 @@ async def login(request: Request) -> Response:
     request.session.clear()
     request.session[SESSION_KEY] = user.id
     request.session[SESSION_ID_KEY] = secrets.token_urlsafe(16)
+    request.session[SESSION_AT_KEY] = time.time()
     request.scope["pa.user"] = user
     return ok(user.to_dict())
 

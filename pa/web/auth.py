@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, exists, select, update
+from sqlalchemy import Table, bindparam, delete, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from starlette.requests import HTTPConnection
@@ -22,6 +22,8 @@ from pa.web.responses import error
 SESSION_KEY = "uid"
 #: a random id per login: logging out ends it (its cookie and the WebSockets it opened)
 SESSION_ID_KEY = "sid"
+#: when the login was made (epoch seconds): a user's logins_from ends older ones
+SESSION_AT_KEY = "at"
 #: a session cookie's life from its login (Starlette does not renew it on use)
 SESSION_MAX_AGE = timedelta(days=14)
 #: a token's last use is written at most this often (not on every request)
@@ -70,19 +72,23 @@ _USER_TABLE_COLS = (_users.c.id, _users.c.email, _users.c.name, _users.c.role,
 _BY_SESSION = db.Prepared(
     select(*_USER_TABLE_COLS).where(
         _users.c.id == bindparam("user_id"),
+        _users.c.disabled_at.is_(None),
+        or_(_users.c.logins_from.is_(None),
+            _users.c.logins_from <= bindparam("at", type_=_users.c.logins_from.type)),
         ~exists().where(_ended.c.sid == bindparam("sid")),
     )
 )
 _BY_TOKEN = (
     select(*_USER_TABLE_COLS, _tokens.c.id.label("token_id"), _tokens.c.last_used_at)
     .join(_tokens, _tokens.c.user_id == _users.c.id)
-    .where(_tokens.c.token_hash == bindparam("token_hash"))
+    .where(_tokens.c.token_hash == bindparam("token_hash"), _users.c.disabled_at.is_(None))
 )
 
 
-def load_by_session(user_id: int, sid: str) -> Principal | None:
-    """The user of a cookie session; None if the user is gone or that login ended."""
-    row = db.read_one(_BY_SESSION, {"user_id": user_id, "sid": sid})
+def load_by_session(user_id: int, sid: str, at: datetime) -> Principal | None:
+    """The user of a cookie session made at `at`; None if the user is gone or
+    disabled, or that login ended (signed out, or all the user's logins ended)."""
+    row = db.read_one(_BY_SESSION, {"user_id": user_id, "sid": sid, "at": at})
     if row is None:
         return None
     return Principal(row["id"], row["email"], row["name"], Role(row["role"]),
@@ -103,14 +109,17 @@ def load_by_token(token: str) -> Principal | None:
 
 
 def check_login(email: str, password: str) -> Principal | None:
-    """The user if the email and password match (imported users without one cannot log in)."""
+    """The user if the email and password match (imported users without one, and
+    disabled users, cannot log in)."""
     with db.read() as conn:
         row = conn.execute(
-            select(*_USER_COLS, User.password_hash)
+            select(*_USER_COLS, User.password_hash, User.disabled_at)
             .where(User.email == email.strip().lower())
         ).first()
     if not verify_password(row.password_hash if row else None, password):
         return None
+    if row is not None and row.disabled_at is not None:
+        return None  # (after the hash: the answer's time does not tell either)
     assert row is not None
     return _principal(row)
 
@@ -138,10 +147,12 @@ async def current_user(conn: HTTPConnection) -> Principal | None:
     elif "session" in conn.scope:
         uid = conn.session.get(SESSION_KEY)
         sid = conn.session.get(SESSION_ID_KEY)
-        # A cookie without a login id predates them and cannot be signed out:
-        # it signs nobody in (its user logs in once more).
-        if isinstance(uid, int) and isinstance(sid, str):
-            user = await run_db(load_by_session, uid, sid)
+        at = conn.session.get(SESSION_AT_KEY)
+        # A cookie without a login id or time predates them and cannot be signed
+        # out: it signs nobody in (its user logs in once more).
+        if isinstance(uid, int) and isinstance(sid, str) and isinstance(at, int | float):
+            made = datetime.fromtimestamp(at, UTC)
+            user = await run_db(load_by_session, uid, sid, made)
         if user is None and conn.session:
             conn.session.clear()  # the answer expires the cookie
     conn.scope["pa.user"] = user

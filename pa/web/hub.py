@@ -147,6 +147,9 @@ class Hub:
             if event["type"] == "session_end":
                 self.end_session(event["data"]["sid"])
                 return
+            if event["type"] == "logins_end":
+                self.end_logins(event["data"]["userId"])
+                return
             owner = event["data"]["userId"]
         except (ValueError, KeyError, TypeError):
             log.warning("event ignored: not a job event: %.200s", message)
@@ -161,6 +164,13 @@ class Hub:
         """Close the sockets opened by this login (its user logged out)."""
         for sub in list(self._by_session.get(session_id, ())):
             sub.replace_backlog(Signal.SIGNED_OUT)
+
+    def end_logins(self, user_id: int) -> None:
+        """Close every socket of the user (their logins ended: a new password,
+        revoked tokens, a disabled account)."""
+        for sub in self._subscribers():
+            if sub.user_id == user_id:
+                sub.replace_backlog(Signal.SIGNED_OUT)
 
     def resync_all(self) -> None:
         """Every socket gets a fresh snapshot (events may have been missed)."""
