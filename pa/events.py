@@ -37,6 +37,13 @@ def job_event(job: dict[str, Any]) -> str:
     return json.dumps({"type": "job", "data": job}, separators=(",", ":"))
 
 
+def role_change_event(user_id: int) -> str:
+    """The message sent when a user's role changed: web processes close the user's
+    sockets (4409), which reconnect with the new role's view."""
+    return json.dumps({"type": "role_change", "data": {"userId": user_id}},
+                      separators=(",", ":"))
+
+
 def logins_end_event(user_id: int) -> str:
     """The message sent when every login of a user ended: web processes close the
     user's sockets."""

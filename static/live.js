@@ -7,6 +7,8 @@ export const FINAL = new Set(["completed", "failed", "cancelled"]);
 const POLL_FIRST = 1000;
 const POLL_MAX = 10000;
 const WS_UNAUTHORIZED = 4401;
+// The user's role changed: what the page shows (menus, jobs) is another role's now.
+const WS_ROLE_CHANGED = 4409;
 const JOB_LABELS = {
   email_notification: "Email notification",
   generate_report: "Report",
@@ -314,6 +316,10 @@ class Live {
       this.up = false;
       if (event.code === WS_UNAUTHORIZED) {
         toLogin();
+        return;
+      }
+      if (event.code === WS_ROLE_CHANGED) {
+        location.reload();  // a fresh page, and a socket with the new role's snapshot
         return;
       }
       setLive("paused", "Live updates paused");

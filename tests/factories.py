@@ -62,9 +62,9 @@ def make_database_the_old_way(url: str, *, lacking: tuple[str, ...] = ()) -> Non
     `lacking` names tables or indexes to leave out, as an init-db of an older release
     did (ended_sessions and ix_users_role came after the first one).
     """
-    from pa.models import Base
-
     from sqlalchemy import text
+
+    from pa.models import Base
 
     engine = db.make_engine(url)
     try:

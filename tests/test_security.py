@@ -227,3 +227,62 @@ def test_a_disabled_user_cannot_sign_in_until_enabled(
     _cli(capsys, monkeypatch, "enable-user", user.email)
     login(client, user)
     assert client.get("/api/me").status_code == 200
+
+
+# --- a role that changes ----------------------------------------------------------------
+
+
+def test_an_import_that_demotes_an_admin_closes_their_socket_with_4409(consumer: Any) -> None:
+    # (A job of another user, published before the demoted user's own, would arrive
+    # before it on the socket: reading up to their own proves it did not.)
+    import asyncio
+
+    import httpx
+    from websockets.exceptions import ConnectionClosed
+
+    from pa import jobs
+    from tests.web_fixtures import next_message, open_socket, read_until
+
+    # Given: two admins on a real server; the first one's socket gets everyone's jobs
+    admin = user_with_password(Role.ADMIN, email="ada@example.com")
+    other = user_with_password(Role.ADMIN, email="grace@example.com")
+    manager = make_user(Role.MANAGER)
+    with live_server() as server:
+        cookie, other_cookie = server.cookie(admin), server.cookie(other)
+
+        async def scenario() -> tuple[int, list[dict[str, Any]]]:
+            ws = await open_socket(server, cookie)
+            assert (await next_message(ws))["type"] == "snapshot"
+            # When: the other admin imports a CSV that makes the first a manager
+            csv = b"email,name,role,department,manager_email\nada@example.com,Ada,manager,Sales,\n"
+            with httpx.Client(base_url=server.url, headers={"Cookie": other_cookie}) as http:
+                r = await asyncio.to_thread(
+                    http.post, "/api/users/import",
+                    files={"file": ("users.csv", csv, "text/csv")})
+            assert r.status_code == 202, r.text
+            # Then: their socket is closed with 4409 (their role changed)...
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 30)
+            except ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd else -1
+            # ... and a new one, for the manager, gets their own email jobs only
+            ws = await open_socket(server, cookie)
+            snapshot = await next_message(ws)
+            job = await asyncio.to_thread(
+                jobs.submit, JobType.EMAIL_NOTIFICATION,
+                {"kind": "review_submitted", "reviewId": 1}, manager.id)
+            mine = await asyncio.to_thread(
+                jobs.submit, JobType.EMAIL_NOTIFICATION,
+                {"kind": "review_submitted", "reviewId": 2}, admin.id)
+            seen = await read_until(ws, lambda m: m["type"] == "job"
+                                    and m["data"]["id"] == mine["id"], timeout=5,
+                                    what="nothing but their own visible jobs")
+            await ws.close()
+            return code, [snapshot, *seen, {"job": job["id"]}]
+
+        code, seen = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert code == 4409
+    assert seen[0]["type"] == "snapshot" and seen[0]["data"]["jobs"] == []
+    others = seen[-1]["job"]
+    assert all(m.get("data", {}).get("id") != others for m in seen[1:-1])

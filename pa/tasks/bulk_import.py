@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from pa import db, imports, jobs
+from pa import db, events, imports, jobs
 from pa.errors import JobLost, PermanentJobError, Unprocessable
 from pa.handlers import JobContext, handler
 from pa.models import JobStatus, User
@@ -223,7 +223,8 @@ def _write_batch(ctx: JobContext, stmt: Any, step: int, batch: list[imports.User
         stamp = _stamp(conn)
         for value in values:
             value["stamp"] = stamp
-        before = conn.execute(select(users.c.email, users.c.id, users.c.manager_id)
+        before = conn.execute(select(users.c.email, users.c.id, users.c.manager_id,
+                                     users.c.role)
                               .where(users.c.email.in_(emails))).all()
         result = conn.execute(stmt, values)
         # Step 1's RETURNING: ids of new rows (and of changed ones; the others are in
@@ -241,8 +242,15 @@ def _write_batch(ctx: JobContext, stmt: Any, step: int, batch: list[imports.User
             raise JobLost(ctx.job_id)
     ctx.checkpoint = checkpoint
     written.created, written.updated = checkpoint["created"], checkpoint["updated"]
+    # Users whose role this batch changed: every web process closes their sockets,
+    # which reconnect with what the new role may see (DESIGN.md).
+    roles = {v["email"]: v["role"] for v in values}
+    changed = [events.role_change_event(uid) for email, uid, _m, role in before
+               if roles[email] != role]
+    if changed:
+        events.publish(*changed)
     if manager_ids is None:  # managers' rows: the link step needs their ids
-        for email, uid, manager_id in before:
+        for email, uid, manager_id, _role in before:
             written.ids[email] = uid
             written.managers[email] = manager_id
         for uid, email in returned:

@@ -38,6 +38,8 @@ QUEUE_SIZE = 256
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 #: close code of a socket opened without a signed-in user, or whose login ended
 CLOSE_UNAUTHORIZED = 4401
+#: the user's role changed: the page reloads, and its socket gets the new role's view
+CLOSE_ROLE_CHANGED = 4409
 #: close code when the server stops (1001: going away)
 CLOSE_GOING_AWAY = 1001
 
@@ -49,6 +51,8 @@ class Signal(enum.Enum):
     CLOSE = "close"
     #: the login that opened the socket has ended: close it as unauthorized
     SIGNED_OUT = "signed_out"
+    #: the user's role changed: close it, so that it reconnects with the new role
+    ROLE_CHANGED = "role_changed"
 
 
 class Subscriber:
@@ -78,7 +82,7 @@ class Subscriber:
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(signal)
-        self.closed = signal in (Signal.CLOSE, Signal.SIGNED_OUT)
+        self.closed = signal in (Signal.CLOSE, Signal.SIGNED_OUT, Signal.ROLE_CHANGED)
 
 
 class Hub:
@@ -148,7 +152,10 @@ class Hub:
                 self.end_session(event["data"]["sid"])
                 return
             if event["type"] == "logins_end":
-                self.end_logins(event["data"]["userId"])
+                self.close_user(event["data"]["userId"], Signal.SIGNED_OUT)
+                return
+            if event["type"] == "role_change":
+                self.close_user(event["data"]["userId"], Signal.ROLE_CHANGED)
                 return
             owner = event["data"]["userId"]
         except (ValueError, KeyError, TypeError):
@@ -165,12 +172,13 @@ class Hub:
         for sub in list(self._by_session.get(session_id, ())):
             sub.replace_backlog(Signal.SIGNED_OUT)
 
-    def end_logins(self, user_id: int) -> None:
-        """Close every socket of the user (their logins ended: a new password,
-        revoked tokens, a disabled account)."""
+    def close_user(self, user_id: int, signal: Signal) -> None:
+        """Close every socket of the user with `signal`: SIGNED_OUT when their logins
+        ended (a new password, revoked tokens, a disabled account), ROLE_CHANGED when
+        their role did (they reconnect with what the new role may see)."""
         for sub in self._subscribers():
             if sub.user_id == user_id:
-                sub.replace_backlog(Signal.SIGNED_OUT)
+                sub.replace_backlog(signal)
 
     def resync_all(self) -> None:
         """Every socket gets a fresh snapshot (events may have been missed)."""
@@ -239,6 +247,9 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
             return
         if item is Signal.SIGNED_OUT:
             await websocket.close(CLOSE_UNAUTHORIZED, "Signed out.")
+            return
+        if item is Signal.ROLE_CHANGED:
+            await websocket.close(CLOSE_ROLE_CHANGED, "Your role changed.")
             return
         if item is Signal.SNAPSHOT:
             snapshot = await run_in_threadpool(jobs.snapshot, user_id, is_admin)
