@@ -28,7 +28,7 @@ from sqlalchemy import (
 
 from pa import db, events, queue
 from pa.errors import Conflict, Invalid, NotFound
-from pa.models import FINAL_STATUSES, Job, JobStatus
+from pa.models import FINAL_STATUSES, Job, JobStatus, Role
 from pa.queue import JOB_SPECS, EventCarryingStorage, JobType, add_commands
 
 log = logging.getLogger(__name__)
@@ -366,22 +366,47 @@ def find_unfinished(
     return None
 
 
-def _visible_row(job_id: str, user_id: int, is_admin: bool) -> Mapping[str, Any]:
+#: who may start each type of job, and so see their own jobs of it (DESIGN.md: a
+#: user who lost the role no longer sees the jobs they started; admins see all)
+STARTERS: dict[JobType, frozenset[Role]] = {
+    JobType.EMAIL_NOTIFICATION: frozenset({Role.MANAGER, Role.ADMIN}),
+    JobType.GENERATE_REPORT: frozenset({Role.HR_ADMIN, Role.ADMIN}),
+    JobType.MULTI_YEAR_ANALYTICS: frozenset({Role.HR_ADMIN, Role.ADMIN}),
+    JobType.ARCHIVE_REVIEWS: frozenset({Role.HR_ADMIN, Role.ADMIN}),
+    JobType.BULK_IMPORT: frozenset({Role.ADMIN}),
+    JobType.DATABASE_BACKUP: frozenset({Role.ADMIN}),
+}
+
+
+def visible_types(role: Role) -> frozenset[str]:
+    """The job types whose jobs a user with `role` sees (their own; an admin's: all)."""
+    return frozenset(t.value for t, roles in STARTERS.items() if role in roles)
+
+
+def may_see(job: Mapping[str, Any], user_id: int, role: Role) -> bool:
+    """Whether a user sees this job (a row or a Job object with userId/type)."""
+    if role is Role.ADMIN:
+        return True
+    owner = job["user_id"] if "user_id" in job else job["userId"]
+    return bool(owner == user_id and job["type"] in visible_types(role))
+
+
+def _visible_row(job_id: str, user_id: int, role: Role) -> Mapping[str, Any]:
     row = load_row(job_id)
-    if row is None or not (is_admin or row["user_id"] == user_id):
+    if row is None or not may_see(row, user_id, role):
         # Not 403: whether someone else's job exists is not the caller's business.
         raise NotFound(f"No job {job_id}.")
     return row
 
 
-def get(job_id: str, user_id: int, is_admin: bool) -> dict[str, Any]:
-    """The job, if the caller may see it (its owner, or an admin); else NotFound."""
-    return job_to_dict(_visible_row(job_id, user_id, is_admin))
+def get(job_id: str, user_id: int, role: Role) -> dict[str, Any]:
+    """The job, if the caller may see it (may_see); else NotFound."""
+    return job_to_dict(_visible_row(job_id, user_id, role))
 
 
-def result_file(job_id: str, user_id: int, is_admin: bool) -> tuple[dict[str, Any], str]:
+def result_file(job_id: str, user_id: int, role: Role) -> tuple[dict[str, Any], str]:
     """The job and its file's path (relative to PA_DATA_DIR); NotFound if there is none."""
-    row = _visible_row(job_id, user_id, is_admin)
+    row = _visible_row(job_id, user_id, role)
     job = job_to_dict(row)
     if job["downloadUrl"] is None:
         raise NotFound(f"Job {job_id} has no file to download.")
@@ -390,7 +415,7 @@ def result_file(job_id: str, user_id: int, is_admin: bool) -> tuple[dict[str, An
 
 def list_jobs(
     user_id: int,
-    is_admin: bool,
+    role: Role,
     *,
     status: str | None = None,
     job_type: str | None = None,
@@ -406,8 +431,9 @@ def list_jobs(
     if not 1 <= limit <= 500:
         raise Invalid("limit must be between 1 and 500.", field="limit")
     stmt = select(*_ALL).order_by(jobs_table.c.created_at.desc(), jobs_table.c.id.desc())
-    if not is_admin:
-        stmt = stmt.where(jobs_table.c.user_id == user_id)
+    if role is not Role.ADMIN:
+        stmt = stmt.where(jobs_table.c.user_id == user_id,
+                          jobs_table.c.type.in_(sorted(visible_types(role))))
     if status:
         stmt = stmt.where(jobs_table.c.status == status)
     if job_type:
@@ -426,15 +452,15 @@ def list_jobs(
     return [job_to_dict(r._mapping) for r in rows]
 
 
-def snapshot(user_id: int, is_admin: bool) -> list[dict[str, Any]]:
+def snapshot(user_id: int, role: Role) -> list[dict[str, Any]]:
     """What a WebSocket gets first: unfinished jobs and those finished in the last hour."""
     since = db.utcnow() - timedelta(hours=1)
-    return list_jobs(user_id, is_admin, limit=500, unfinished_or_since=since)
+    return list_jobs(user_id, role, limit=500, unfinished_or_since=since)
 
 
-def cancel(job_id: str, user_id: int, is_admin: bool) -> dict[str, Any]:
+def cancel(job_id: str, user_id: int, role: Role) -> dict[str, Any]:
     """Cancel a pending job at once; ask a processing one to stop; 409 if final."""
-    _visible_row(job_id, user_id, is_admin)
+    _visible_row(job_id, user_id, role)
     now = db.utcnow()
     job = change(
         job_id,
@@ -452,9 +478,9 @@ def cancel(job_id: str, user_id: int, is_admin: bool) -> dict[str, Any]:
     return job
 
 
-def retry(job_id: str, user_id: int, is_admin: bool) -> dict[str, Any]:
+def retry(job_id: str, user_id: int, role: Role) -> dict[str, Any]:
     """Send a failed or cancelled job back to pending and enqueue it; 409 otherwise."""
-    row = _visible_row(job_id, user_id, is_admin)
+    row = _visible_row(job_id, user_id, role)
     job = change(
         job_id,
         {

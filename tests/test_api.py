@@ -65,26 +65,31 @@ def _finished_job(owner: User | None, relative: str, content: bytes) -> dict[str
 
 
 def test_get_and_list_own_jobs(client: TestClient) -> None:
-    # Given
-    owner = user_with_password()
+    # Given: a manager's email jobs, a backup they started when they were an admin,
+    # and a periodic job
+    owner = user_with_password(Role.MANAGER)
     first = jobs.submit(JobType.EMAIL_NOTIFICATION, {"kind": "review_submitted",
                                                      "reviewId": 1}, owner.id)
-    second = jobs.submit(JobType.DATABASE_BACKUP, {}, owner.id)
+    second = jobs.submit(JobType.EMAIL_NOTIFICATION, {"kind": "review_submitted",
+                                                      "reviewId": 2}, owner.id)
+    as_admin = jobs.submit(JobType.DATABASE_BACKUP, {}, owner.id)
     jobs.submit(JobType.DATABASE_BACKUP, {}, None)  # a periodic job: admins only
     login(client, owner)
     # When
     got = client.get(f"/api/jobs/{first['id']}")
     listed = client.get("/api/jobs")
-    # Then
+    # Then: their email jobs; not the backup, which their role may not start
     assert got.status_code == 200
     assert got.json() == {"success": True, "data": first}
     assert set(first) >= {"id", "type", "status", "priority", "progress", "attempts",
                           "maxRetries", "result", "error", "createdAt", "startedAt",
                           "completedAt", "updatedAt", "version", "userId", "downloadUrl"}
     assert [j["id"] for j in listed.json()["data"]] == [second["id"], first["id"]]
+    assert client.get(f"/api/jobs/{as_admin['id']}").status_code == 404
 
-    by_type = client.get("/api/jobs", params={"type": "database_backup"}).json()["data"]
-    assert [j["id"] for j in by_type] == [second["id"]]
+    by_type = client.get("/api/jobs", params={"type": "email_notification"}).json()["data"]
+    assert [j["id"] for j in by_type] == [second["id"], first["id"]]
+    assert client.get("/api/jobs", params={"type": "database_backup"}).json()["data"] == []
     by_status = client.get("/api/jobs", params={"status": "completed"}).json()["data"]
     assert by_status == []
     limited = client.get("/api/jobs", params={"limit": 1}).json()["data"]
@@ -123,12 +128,12 @@ def test_someone_elses_job_is_not_found(client: TestClient) -> None:
     assert _error(client.post(f"/api/jobs/{pending['id']}/cancel"), 404, "not_found")
     assert _error(client.post(f"/api/jobs/{job['id']}/retry"), 404, "not_found")
     assert client.get("/api/jobs").json()["data"] == []
-    assert jobs.get(pending["id"], owner.id, False)["status"] == "pending"
+    assert jobs.get(pending["id"], owner.id, Role.ADMIN)["status"] == "pending"
 
 
 def test_cancel_and_retry(client: TestClient) -> None:
     # Given: a pending job (no consumer runs in this test)
-    owner = user_with_password()
+    owner = user_with_password(Role.ADMIN)  # (backups: an admin's jobs)
     job = jobs.submit(JobType.DATABASE_BACKUP, {}, owner.id)
     login(client, owner)
     # When
@@ -154,7 +159,7 @@ def test_cancel_and_retry(client: TestClient) -> None:
     ("backups/pa-2026.db", "application/vnd.sqlite3"),
 ])
 def test_download(client: TestClient, name: str, media_type: str) -> None:
-    owner = user_with_password()
+    owner = user_with_password(Role.ADMIN)  # (backups: an admin's jobs)
     content = os.urandom(3000)
     job = _finished_job(owner, name, content)
     assert job["downloadUrl"] == f"/api/jobs/{job['id']}/download"
@@ -172,7 +177,7 @@ def test_download(client: TestClient, name: str, media_type: str) -> None:
 
 
 def test_download_of_a_job_without_a_file_or_whose_file_is_gone(client: TestClient) -> None:
-    owner = user_with_password()
+    owner = user_with_password(Role.ADMIN)  # (backups: an admin's jobs)
     pending = jobs.submit(JobType.DATABASE_BACKUP, {}, owner.id)
     gone = _finished_job(owner, "backups/pruned.db", b"x")
     (settings.data_dir / "backups/pruned.db").unlink()
@@ -323,7 +328,7 @@ def test_submit_to_hr_is_refused_to_the_wrong_people_and_states(client: TestClie
     # Nothing changed, no job was made.
     assert reviews.get_review(o["hr"].id, Role.HR_ADMIN, alice_2026)["status"] == \
         "manager_review"
-    assert jobs.list_jobs(o["admin"].id, True) == []
+    assert jobs.list_jobs(o["admin"].id, Role.ADMIN) == []
 
 
 def test_submit_to_hr_twice_and_in_a_closed_year(client: TestClient) -> None:
@@ -375,7 +380,7 @@ def test_concurrent_submits_only_one_wins() -> None:
         t.join(timeout=30)
     # Then
     assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
-    assert len(jobs.list_jobs(manager.id, False)) == 1
+    assert len(jobs.list_jobs(manager.id, Role.MANAGER)) == 1
 
 
 def test_submit_to_hr_end_to_end(consumer: Any, smtp_server: SmtpServer) -> None:
@@ -451,8 +456,9 @@ def test_other_users_see_none_of_the_events(consumer: Any) -> None:
                     await read_until(sockets[uid], job_reaches(job["id"], "completed"),
                                      what=f"user {uid} to see the job complete")
                 # and the stranger's first event is about a job of their own, made after
-                mine = await asyncio.to_thread(jobs.submit, JobType.DATABASE_BACKUP, {},
-                                               stranger.id)
+                mine = await asyncio.to_thread(
+                    jobs.submit, JobType.EMAIL_NOTIFICATION,
+                    {"kind": "review_submitted", "reviewId": review.id}, stranger.id)
                 seen = await read_until(sockets[stranger.id], lambda m: m["type"] == "job",
                                         what="the stranger's own job")
                 assert [m["data"]["id"] for m in seen if m["type"] == "job"] == [mine["id"]]

@@ -75,8 +75,10 @@ def test_a_bearer_token_opens_a_socket_and_the_snapshot_comes_first(
     token, token_hash = new_token()
     with db.session_scope() as session:
         session.add(ApiToken(user_id=user.id, token_hash=token_hash, created_at=db.utcnow()))
-    pending = jobs.submit(JobType.DATABASE_BACKUP, {}, user.id)
-    jobs.submit(JobType.DATABASE_BACKUP, {}, make_user().id)  # someone else's
+    pending = jobs.submit(JobType.EMAIL_NOTIFICATION,
+                          {"kind": "review_submitted", "reviewId": 1}, user.id)
+    jobs.submit(JobType.EMAIL_NOTIFICATION, {"kind": "review_submitted", "reviewId": 2},
+                make_user(Role.MANAGER).id)  # someone else's
 
     async def scenario() -> None:
         ws = await connect(server.ws_url, open_timeout=10,
@@ -85,7 +87,8 @@ def test_a_bearer_token_opens_a_socket_and_the_snapshot_comes_first(
             # Then
             first = await next_message(ws)
             assert first == {"type": "snapshot", "data": {"jobs": [pending]}}
-            changed = await asyncio.to_thread(jobs.cancel, pending["id"], user.id, False)
+            changed = await asyncio.to_thread(jobs.cancel, pending["id"], user.id,
+                                            Role.MANAGER)
             assert await next_message(ws) == {"type": "job", "data": changed}
         finally:
             await ws.close()
@@ -95,7 +98,7 @@ def test_a_bearer_token_opens_a_socket_and_the_snapshot_comes_first(
 
 def test_logging_out_closes_the_sockets_of_that_login_only(server: LiveServer) -> None:
     # Given: one user signed in twice (two browsers), sockets open in both
-    user = user_with_password()
+    user = user_with_password(Role.ADMIN)  # (backups: an admin's jobs)
     first, second = server.cookie(user), server.cookie(user)
 
     async def scenario() -> None:
@@ -124,7 +127,7 @@ def test_logging_out_closes_the_sockets_of_that_login_only(server: LiveServer) -
 
 def test_closing_sockets_leaves_nothing_behind(server: LiveServer,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    user = user_with_password()
+    user = user_with_password(Role.ADMIN)  # (backups: an admin's jobs)
     cookie = server.cookie(user)
 
     async def scenario() -> None:
@@ -148,7 +151,7 @@ def test_closing_sockets_leaves_nothing_behind(server: LiveServer,
 
 
 def test_stopping_the_server_closes_the_sockets(caplog: pytest.LogCaptureFixture) -> None:
-    user = user_with_password()
+    user = user_with_password(Role.ADMIN)  # (backups: an admin's jobs)
     server = LiveServer()
     server.start()
     cookie = server.cookie(user)
@@ -179,7 +182,7 @@ async def _slow_socket(server: LiveServer, cookie: str) -> ClientConnection:
 
 def test_a_slow_socket_does_not_hold_up_the_others() -> None:
     # Given: two sockets of one user; one will not read
-    user = user_with_password()
+    user = user_with_password(Role.ADMIN)  # (backups: an admin's jobs)
     job = jobs.submit(JobType.DATABASE_BACKUP, {}, user.id)
     # Enough to fill the sleeper's queue (16 here, 256 by default) once the
     # kernel's buffers (up to 4 MB here) and the server's transport are full.
@@ -230,7 +233,7 @@ def _slow_and_fast(server: LiveServer, cookie: str, job_id: str, changes: int,
 def test_the_hub_comes_back_after_redis_restarts(server: LiveServer,
                                                  redis_server: RedisServer) -> None:
     # Given
-    user = user_with_password()
+    user = user_with_password(Role.ADMIN)  # (backups: an admin's jobs)
     cookie = server.cookie(user)
     job = jobs.submit(JobType.DATABASE_BACKUP, {}, user.id)
 
@@ -240,7 +243,7 @@ def test_the_hub_comes_back_after_redis_restarts(server: LiveServer,
             assert _is_snapshot(await next_message(ws))
             # When: Redis goes away, a change is made (its event is lost), Redis comes back
             await asyncio.to_thread(redis_server.stop)
-            missed = await asyncio.to_thread(jobs.cancel, job["id"], user.id, False)
+            missed = await asyncio.to_thread(jobs.cancel, job["id"], user.id, Role.ADMIN)
             await asyncio.to_thread(redis_server.start)
             # Then: a fresh snapshot heals what was missed
             await read_until(
@@ -262,7 +265,7 @@ def test_the_hub_comes_back_after_redis_restarts(server: LiveServer,
 def test_the_hub_retries_while_redis_is_down(server: LiveServer,
                                              redis_server: RedisServer) -> None:
     """Down for longer than the Redis client's own retries: the hub's loop takes over."""
-    user = user_with_password()
+    user = user_with_password(Role.ADMIN)  # (backups: an admin's jobs)
     cookie = server.cookie(user)
 
     async def scenario() -> None:

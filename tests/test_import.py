@@ -90,7 +90,7 @@ def job_count() -> int:
 
 
 def errors_csv(job: dict[str, Any]) -> list[list[str]]:
-    _, relative = jobs.result_file(job["id"], 0, True)
+    _, relative = jobs.result_file(job["id"], 0, Role.ADMIN)
     text = (settings.data_dir / relative).read_text(encoding="utf-8-sig")
     return list(csv.reader(io.StringIO(text)))
 
@@ -312,14 +312,14 @@ def test_interrupted_import_resumes_without_duplicates(consumer):
     job = submit_file(big_file(n))
     wait_for(lambda: (job_now(job["id"])["progress"] or {}).get("message", "")
              .startswith("Imported"), timeout=60, message="the write phase")
-    jobs.cancel(job["id"], 0, True)
+    jobs.cancel(job["id"], 0, Role.ADMIN)
     stopped = wait_final(job["id"])
     assert stopped["status"] == "cancelled", "the import finished before the cancel landed"
     partial = user_count()
     assert 0 < partial < n
     assert list(UPLOADS.iterdir()) != []  # kept for the retry
     # When
-    jobs.retry(job["id"], 0, True)
+    jobs.retry(job["id"], 0, Role.ADMIN)
     done = wait_final(job["id"])
     # Then: every row once, and counts as if it had run in one go
     assert done["status"] == "completed", done
@@ -387,7 +387,7 @@ def test_a_crash_mid_import_then_a_retry_ends_with_every_row_once(consumer, cras
     assert user_count() == (BATCH if prefix == "m" else 6_000 + BATCH)
     assert list(UPLOADS.iterdir()) != []  # kept for the retry
     # When
-    jobs.retry(job["id"], 0, True)
+    jobs.retry(job["id"], 0, Role.ADMIN)
     done = wait_final(job["id"])
     # Then
     assert done["status"] == "completed", done
@@ -416,7 +416,7 @@ def test_a_rerun_that_lost_its_checkpoint_still_creates_nothing_twice(consumer):
     with db.begin() as conn:
         conn.execute(update(Job).where(Job.id == job["id"])
                      .values(status="failed", checkpoint=None))
-    jobs.retry(job["id"], 0, True)
+    jobs.retry(job["id"], 0, Role.ADMIN)
     again = wait_final(job["id"])
     # Then
     assert again["status"] == "completed", again

@@ -267,7 +267,7 @@ def test_manual_retry_of_a_failed_job_completes_it(consumer, smtp_server):
     assert failed["status"] == "failed" and failed["attempts"] == 1
     # When: the address is fixed and the owner retries
     smtp_server.handler.refuse.clear()
-    again = jobs.retry(job["id"], scene.manager.id, False)
+    again = jobs.retry(job["id"], scene.manager.id, Role.MANAGER)
     # Then
     assert again["status"] == "pending"
     assert again["version"] == failed["version"] + 1
@@ -288,7 +288,7 @@ def test_cancelled_pending_job_never_runs(request, smtp_server, deliveries):
     scene = make_scene(hr_count=2)
     job = scene.submit()
     # When
-    cancelled = jobs.cancel(job["id"], scene.manager.id, False)
+    cancelled = jobs.cancel(job["id"], scene.manager.id, Role.MANAGER)
     # Then: cancelled at once
     assert cancelled["status"] == "cancelled"
     assert cancelled["version"] == 2 and cancelled["completedAt"] is not None
@@ -308,7 +308,7 @@ def test_cancelling_a_running_job_stops_it_between_recipients(consumer, smtp_ser
     job = scene.submit()
     wait_for(lambda: sent_so_far(job["id"]), message="a first recipient mailed")
     # When
-    asked = jobs.cancel(job["id"], scene.manager.id, False)
+    asked = jobs.cancel(job["id"], scene.manager.id, Role.MANAGER)
     # Then
     assert asked["status"] == "processing" and asked["cancelRequested"] is True
     done = wait_final(job["id"])
@@ -345,24 +345,24 @@ def test_final_states_refuse_cancel_and_retry(request, smtp_server):
     # a pending job (no consumer yet) cannot be retried; once cancelled, not cancelled again
     pending = scene.submit()
     with pytest.raises(Conflict):
-        jobs.retry(pending["id"], owner, False)
-    cancelled = jobs.cancel(pending["id"], owner, False)
+        jobs.retry(pending["id"], owner, Role.MANAGER)
+    cancelled = jobs.cancel(pending["id"], owner, Role.MANAGER)
     with pytest.raises(Conflict):
-        jobs.cancel(pending["id"], owner, False)
+        jobs.cancel(pending["id"], owner, Role.MANAGER)
     # a completed job: neither
     request.getfixturevalue("consumer")
     completed = wait_final(scene.submit()["id"])
     assert completed["status"] == "completed"
     with pytest.raises(Conflict):
-        jobs.cancel(completed["id"], owner, False)
+        jobs.cancel(completed["id"], owner, Role.MANAGER)
     with pytest.raises(Conflict):
-        jobs.retry(completed["id"], owner, False)
+        jobs.retry(completed["id"], owner, Role.MANAGER)
     # a failed job: no cancel
     smtp_server.handler.refuse[scene.hrs[0].email] = "550 5.1.1 no such user"
     failed = wait_final(scene.submit()["id"])
     assert failed["status"] == "failed"
     with pytest.raises(Conflict):
-        jobs.cancel(failed["id"], owner, False)
+        jobs.cancel(failed["id"], owner, Role.MANAGER)
     # the refusals changed nothing
     for job in (cancelled, completed, failed):
         assert job_now(job["id"]) == job
@@ -374,14 +374,14 @@ def test_another_users_job_does_not_exist_for_them(consumer, smtp_server):
     other = scene.stranger.id
     for call in (jobs.get, jobs.cancel, jobs.retry, jobs.result_file):
         with pytest.raises(NotFound):
-            call(done["id"], other, False)
+            call(done["id"], other, Role.MANAGER)
     assert job_now(done["id"]) == done
     # the owner and an admin see it
-    assert jobs.get(done["id"], scene.manager.id, False) == done
-    assert jobs.get(done["id"], other, True) == done
+    assert jobs.get(done["id"], scene.manager.id, Role.MANAGER) == done
+    assert jobs.get(done["id"], other, Role.ADMIN) == done
     # an unknown id is the same NotFound
     with pytest.raises(NotFound):
-        jobs.get("0" * 32, scene.manager.id, True)
+        jobs.get("0" * 32, scene.manager.id, Role.ADMIN)
 
 
 def test_every_change_is_published_in_order(consumer, smtp_server, events):

@@ -165,7 +165,7 @@ def test_report_job_writes_the_pdf_with_cover_summaries_reviews_and_page_footers
     result = done["result"]
     assert result["reviews"] == 29 and result["pages"] >= 4
 
-    _, relative = jobs.result_file(done["id"], hr.id, False)
+    _, relative = jobs.result_file(done["id"], hr.id, Role.HR_ADMIN)
     assert relative == f"reports/{done['id']}/pa-report-FY{YEAR}.pdf"
     path = settings.data_dir / relative
     assert path.read_bytes().startswith(b"%PDF-") and path.stat().st_size == result["bytes"]
@@ -219,7 +219,7 @@ def test_department_filter_names_the_file_and_keeps_only_that_department(consume
     done = wait_final(r.json()["jobId"])
     assert done["status"] == "completed", done
     assert done["result"]["reviews"] == 3
-    _, relative = jobs.result_file(done["id"], hr.id, True)
+    _, relative = jobs.result_file(done["id"], hr.id, Role.ADMIN)
     assert relative.endswith("/pa-report-FY2025-R-D-Labs.pdf")
     text = pdf_text(settings.data_dir / relative)
     assert "Department: R&D <Labs>" in text and "Person 1-002" in text
@@ -233,7 +233,7 @@ def test_a_year_without_reviews_at_run_time_gives_a_cover_only_report(consumer):
     done = wait_final(job["id"])
     assert done["status"] == "completed", done
     assert done["result"]["reviews"] == 0
-    _, relative = jobs.result_file(done["id"], hr.id, False)
+    _, relative = jobs.result_file(done["id"], hr.id, Role.HR_ADMIN)
     assert "No reviews for FY2011" in pdf_text(settings.data_dir / relative)
 
 
@@ -253,7 +253,7 @@ def test_cancelling_while_rendering_stops_the_workers_and_leaves_no_file(consume
     wait_for(lambda: (job_now(job["id"])["progress"] or {}).get("message", "")
              .startswith("Rendering"), timeout=60, interval=0.02, message="rendering")
     # When
-    jobs.cancel(job["id"], hr.id, False)
+    jobs.cancel(job["id"], hr.id, Role.HR_ADMIN)
     # Then
     done = wait_final(job["id"])
     assert done["status"] == "cancelled", done

@@ -232,6 +232,38 @@ def test_a_disabled_user_cannot_sign_in_until_enabled(
 # --- a role that changes ----------------------------------------------------------------
 
 
+def test_a_demoted_admin_no_longer_sees_or_downloads_what_they_started(
+        client: TestClient) -> None:
+    from sqlalchemy import update
+
+    from pa import db, jobs
+    from pa.models import User
+    from pa.settings import settings
+
+    # Given: an admin's finished backup, which they may download
+    admin = user_with_password(Role.ADMIN)
+    job = jobs.submit(JobType.DATABASE_BACKUP, {}, admin.id)
+    path = settings.data_dir / "backups" / "theirs.sqlite.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"the whole database")
+    assert jobs.change(job["id"], {"status": "completed",
+                                   "result_file": "backups/theirs.sqlite.gz",
+                                   "completed_at": db.utcnow()}) is not None
+    login(client, admin)
+    assert client.get(f"/api/jobs/{job['id']}/download").content == b"the whole database"
+    # When: an import makes them an employee
+    with db.begin() as conn:
+        conn.execute(update(User).where(User.id == admin.id).values(role="employee"))
+    # Then: the job is not theirs to see any more, like anyone else's
+    for url in (f"/api/jobs/{job['id']}", f"/api/jobs/{job['id']}/download"):
+        _error(client.get(url), 404, "not_found")
+    _error(client.post(f"/api/jobs/{job['id']}/retry"), 404, "not_found")
+    assert client.get("/api/jobs").json()["data"] == []
+    # ... and a socket of theirs gets neither it in its snapshot nor its events
+    with client.websocket_connect("/ws") as ws:
+        assert ws.receive_json() == {"type": "snapshot", "data": {"jobs": []}}
+
+
 def test_an_import_that_demotes_an_admin_closes_their_socket_with_4409(consumer: Any) -> None:
     # (A job of another user, published before the demoted user's own, would arrive
     # before it on the socket: reading up to their own proves it did not.)

@@ -97,7 +97,7 @@ async def list_jobs(request: Request) -> Response:
     job_type = query_str(request, "type")
     limit = query_int(request, "limit", 50, minimum=1, maximum=500)
     data = await run_in_threadpool(
-        jobs.list_jobs, user.id, user.is_admin, status=status, job_type=job_type, limit=limit
+        jobs.list_jobs, user.id, user.role, status=status, job_type=job_type, limit=limit
     )
     return ok(data)
 
@@ -105,21 +105,21 @@ async def list_jobs(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     user = await require_user(request)
     job = await run_in_threadpool(jobs.get, request.path_params["job_id"], user.id,
-                                  user.is_admin)
+                                  user.role)
     return ok(job)
 
 
 async def cancel_job(request: Request) -> Response:
     user = await require_user(request)
     job = await run_in_threadpool(jobs.cancel, request.path_params["job_id"], user.id,
-                                  user.is_admin)
+                                  user.role)
     return ok(job)
 
 
 async def retry_job(request: Request) -> Response:
     user = await require_user(request)
     job = await run_in_threadpool(jobs.retry, request.path_params["job_id"], user.id,
-                                  user.is_admin)
+                                  user.role)
     return accepted(job, "The job is queued again.")
 
 
@@ -130,7 +130,7 @@ def media_type(name: str) -> str:
 
 
 def _job_file(job_id: str, user: Principal) -> Path:
-    _job, relative = jobs.result_file(job_id, user.id, user.is_admin)
+    _job, relative = jobs.result_file(job_id, user.id, user.role)
     root = settings.data_dir.resolve()
     path = (root / relative).resolve()
     # The path comes from our own tasks; still, never serve outside PA_DATA_DIR.

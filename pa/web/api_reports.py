@@ -142,7 +142,7 @@ async def list_reports(request: Request) -> Response:
     limit = query_int(request, "limit", 50, minimum=1, maximum=500)
 
     def read() -> list[dict[str, Any]]:
-        return _with_scope(jobs.list_jobs(user.id, user.is_admin,
+        return _with_scope(jobs.list_jobs(user.id, user.role,
                                           job_type=JobType.GENERATE_REPORT.value, limit=limit))
 
     return ok(await run_in_threadpool(read))

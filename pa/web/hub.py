@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from pa import events, jobs
+from pa.models import Role
 from pa.web.auth import current_user, session_id
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,12 @@ class Subscriber:
     """One WebSocket's place in the hub: whose jobs it gets, and what it has still to send."""
 
     def __init__(self, user_id: int, is_admin: bool, size: int,
-                 session_id: str | None = None) -> None:
+                 session_id: str | None = None,
+                 types: frozenset[str] | None = None) -> None:
         self.user_id = user_id
         self.is_admin = is_admin
+        #: the types of the user's own jobs the socket gets (None: all of them)
+        self.types = types
         #: the login (cookie session) that opened the socket; None for a bearer token
         self.session_id = session_id
         self.queue: asyncio.Queue[str | Signal] = asyncio.Queue(size)
@@ -116,10 +120,10 @@ class Hub:
         self._by_session.clear()
         self.subscribed = False
 
-    def register(self, user_id: int, is_admin: bool,
-                 session_id: str | None = None) -> Subscriber:
+    def register(self, user_id: int, is_admin: bool, session_id: str | None = None,
+                 types: frozenset[str] | None = None) -> Subscriber:
         """A new socket; its first item is a snapshot (taken after it can miss nothing)."""
-        sub = Subscriber(user_id, is_admin, self.queue_size, session_id)
+        sub = Subscriber(user_id, is_admin, self.queue_size, session_id, types)
         sub.queue.put_nowait(Signal.SNAPSHOT)
         if session_id is not None:
             self._by_session.setdefault(session_id, set()).add(sub)
@@ -157,13 +161,14 @@ class Hub:
             if event["type"] == "role_change":
                 self.close_user(event["data"]["userId"], Signal.ROLE_CHANGED)
                 return
-            owner = event["data"]["userId"]
+            owner, job_type = event["data"]["userId"], event["data"]["type"]
         except (ValueError, KeyError, TypeError):
             log.warning("event ignored: not a job event: %.200s", message)
             return
         if owner is not None:
             for sub in self._by_user.get(owner, ()):
-                sub.offer(message)
+                if sub.types is None or job_type in sub.types:
+                    sub.offer(message)
         for sub in self._admins:
             sub.offer(message)
 
@@ -239,7 +244,7 @@ async def _cancel(task: asyncio.Task[None], timeout: float = 5.0) -> None:
 
 
 async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
-                     is_admin: bool) -> None:
+                     role: Role) -> None:
     while True:
         item = await sub.queue.get()
         if item is Signal.CLOSE:
@@ -252,7 +257,7 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
             await websocket.close(CLOSE_ROLE_CHANGED, "Your role changed.")
             return
         if item is Signal.SNAPSHOT:
-            snapshot = await run_in_threadpool(jobs.snapshot, user_id, is_admin)
+            snapshot = await run_in_threadpool(jobs.snapshot, user_id, role)
             text = json.dumps({"type": "snapshot", "data": {"jobs": snapshot}},
                               separators=(",", ":"))
             await websocket.send_text(text)
@@ -264,10 +269,10 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
 _GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
 
 
-async def _send(websocket: WebSocket, sub: Subscriber, user_id: int, is_admin: bool,
+async def _send(websocket: WebSocket, sub: Subscriber, user_id: int, role: Role,
                 done: anyio.CancelScope) -> None:
     try:
-        await _send_loop(websocket, sub, user_id, is_admin)
+        await _send_loop(websocket, sub, user_id, role)
     except _GONE:
         pass  # the client went away while we were sending: nothing to report
     except Exception:
@@ -297,12 +302,13 @@ async def job_socket(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_UNAUTHORIZED, "Sign in first.")
         return
     event_hub: Hub = websocket.app.state.hub
-    sub = event_hub.register(user.id, user.is_admin, session_id(websocket))
+    sub = event_hub.register(user.id, user.is_admin, session_id(websocket),
+                             types=None if user.is_admin else jobs.visible_types(user.role))
     try:
         # anyio, not bare asyncio tasks: Starlette's TestClient (and any anyio
         # host) stops the endpoint through a cancel scope.
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_send, websocket, sub, user.id, user.is_admin, tasks.cancel_scope)
+            tasks.start_soon(_send, websocket, sub, user.id, user.role, tasks.cancel_scope)
             tasks.start_soon(_receive, websocket, tasks.cancel_scope)
     finally:
         event_hub.unregister(sub)

@@ -133,7 +133,7 @@ def _page(name: str, page: str, *roles: Role) -> Any:
 
 def _figures(user: Principal, params: dict[str, str]) -> dict[str, Any]:
     if "jobId" in params:
-        job = jobs.get(params["jobId"], user.id, user.is_admin)
+        job = jobs.get(params["jobId"], user.id, user.role)
         if job["type"] != JobType.MULTI_YEAR_ANALYTICS.value:
             raise NotFound("No such analytics job.")
         if job["status"] != "completed":
