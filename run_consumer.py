@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     from pa import runtime
     from pa.settings import load_settings
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:  # a bad PA_* value: say which, no traceback
+        sys.stderr.write(f"{exc}\n")
+        return 2
     if not settings.redis_url:
         sys.stderr.write(
             "run_consumer.py needs PA_REDIS_URL: separate consumers share their queue "

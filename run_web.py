@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     from pa.settings import load_settings
     from pa.web.app import create_app
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:  # a bad PA_* value: say which, no traceback
+        sys.stderr.write(f"{exc}\n")
+        return 2
     runtime.configure(settings)
     host = args.host or settings.host
     port = args.port or settings.port

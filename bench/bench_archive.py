@@ -167,10 +167,11 @@ def main() -> None:
     parser.add_argument("--baseline-sample", type=int, default=5_000)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pa-bench-archive-"))
-    # pa reads its settings once, at import: set them first.
+    # pa reads its settings at first use: set them first.
     os.environ.pop("PA_REDIS_URL", None)
     os.environ.update(PA_DATABASE_URL=f"sqlite:///{tmp / 'pa.db'}",
-                      PA_DATA_DIR=str(tmp / "data"), PA_SECRET_KEY="bench")
+                      PA_DATA_DIR=str(tmp / "data"),
+                      PA_SECRET_KEY="bench-key-0123456789abcdef01234567")
     try:
         t = time.perf_counter()
         build(tmp / "pa.db", args.reviews, args.baseline_sample)

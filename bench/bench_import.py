@@ -97,7 +97,7 @@ def setup_env(tmp: Path, postgres: bool) -> tuple[str, str]:
         urls = [f"sqlite:///{tmp / 'pa.db'}", f"sqlite:///{tmp / 'baseline.db'}"]
     os.environ.pop("PA_REDIS_URL", None)
     os.environ.update(PA_DATABASE_URL=urls[0], PA_DATA_DIR=str(tmp / "data"),
-                      PA_SECRET_KEY="bench", PA_REAPER_INTERVAL="3600")
+                      PA_SECRET_KEY="bench-key-0123456789abcdef01234567", PA_REAPER_INTERVAL="3600")
     return urls[0], urls[1]
 
 

@@ -133,7 +133,8 @@ def main() -> None:
         pg.create()
     os.environ.update(
         PA_DATABASE_URL=pg.url if pg else f"sqlite:///{tmp / 'pa.db'}",
-        PA_REDIS_URL=redis_server.url, PA_DATA_DIR=str(tmp / "data"), PA_SECRET_KEY="bench",
+        PA_REDIS_URL=redis_server.url, PA_DATA_DIR=str(tmp / "data"),
+        PA_SECRET_KEY="bench-key-0123456789abcdef01234567",
     )
     try:
         from pa import db

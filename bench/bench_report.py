@@ -234,7 +234,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="pa-bench-report-"))
     env = {**os.environ, "PA_DATABASE_URL": f"sqlite:///{tmp / 'pa.db'}",
-           "PA_DATA_DIR": str(tmp / "data"), "PA_SECRET_KEY": "bench"}
+           "PA_DATA_DIR": str(tmp / "data"), "PA_SECRET_KEY": "bench-key-0123456789abcdef01234567"}
     env.pop("PA_REDIS_URL", None)
     os.environ.update({k: env[k] for k in ("PA_DATABASE_URL", "PA_DATA_DIR", "PA_SECRET_KEY")})
     os.environ.pop("PA_REDIS_URL", None)

@@ -50,7 +50,7 @@ def setup_env(root: Path, database_url: str) -> RedisServer:
         PA_REDIS_URL=redis_server.url,
         PA_DATABASE_URL=database_url,
         PA_DATA_DIR=str(root / "data"),
-        PA_SECRET_KEY="bench-secret",
+        PA_SECRET_KEY="bench-key-0123456789abcdef01234567",
     )
     os.environ.pop("PA_SMTP_URL", None)  # mail goes to the outbox: no SMTP server to load
     return redis_server

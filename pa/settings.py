@@ -46,9 +46,18 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
 
+#: the shortest PA_SECRET_KEY accepted (DESIGN.md): it signs every session cookie
+MIN_SECRET_KEY = 32
+
+
 def _secret_key(config: Config, data_dir: Path) -> str:
     key = config("PA_SECRET_KEY", default=None)
     if key:
+        if len(str(key)) < MIN_SECRET_KEY:
+            raise ValueError(
+                f"PA_SECRET_KEY is {len(str(key))} characters long; it must have at least "
+                f"{MIN_SECRET_KEY} (it signs the session cookies). Make one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'")
         return str(key)
     path = data_dir / "secret_key"
     if path.exists():

@@ -37,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
         PA_REDIS_URL=redis_server.url,
         PA_DATA_DIR=str(root / "data"),
         PA_SMTP_URL=smtp.url,
-        PA_SECRET_KEY="test-secret-key",
+        PA_SECRET_KEY="test-secret-key-of-at-least-32-characters",
         PA_WORKER_TTL="3",
         PA_REAPER_INTERVAL="2",
     )

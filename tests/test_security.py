@@ -318,3 +318,18 @@ def test_an_import_that_demotes_an_admin_closes_their_socket_with_4409(consumer:
     assert seen[0]["type"] == "snapshot" and seen[0]["data"]["jobs"] == []
     others = seen[-1]["job"]
     assert all(m.get("data", {}).get("id") != others for m in seen[1:-1])
+
+
+@pytest.mark.parametrize("command", [["run_web.py"], ["run_consumer.py"], ["-m", "pa", "init-db"]])
+def test_a_short_secret_key_is_refused_at_start(command: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PA_SECRET_KEY="only-twenty-chars-xx")
+    done = subprocess.run([sys.executable, *command], cwd=Path(__file__).resolve().parent.parent,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "PA_SECRET_KEY is 20 characters long; it must have at least 32" in done.stderr
+    assert "Traceback" not in done.stderr
