@@ -90,9 +90,10 @@ class _Smtp(smtplib.SMTP):
     """SMTP whose DATA sends the whole message, runs `record`, then the final dot.
 
     The server delivers a message only once it has the dot; until then a lost
-    connection drops it. So the ambiguous moment (delivered but not recorded, or
-    recorded but not delivered) shrinks from a round trip to the server and a commit
-    to the instant between `record` returning and the dot leaving.
+    connection drops it. So the ambiguous moment shrinks from a round trip to the
+    mail server and a commit to the wait for the commit's answer (a database round
+    trip): a process killed then has recorded a message that it never delivers. It
+    is never delivered twice.
     """
 
     record: Record | None = None
