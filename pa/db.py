@@ -151,6 +151,8 @@ class Database:
         """
         if self.is_sqlite:
             return self.engine
+        if self._unflushed is not None:  # (every claim: no lock once made)
+            return self._unflushed
         with self._lock:
             if self._unflushed is None:
                 self._unflushed = make_engine(

@@ -217,7 +217,6 @@ class Maintenance:
         heartbeat.stop()
 
 
-_prepared: set[int] = set()
 _prepare_lock = threading.Lock()
 
 
@@ -227,8 +226,8 @@ def prepare(huey: PaHuey) -> PaHuey:
     # Huey's run_job calls the runner (which loads every task).
     queue.bind_executor(runner.execute)
     with _prepare_lock:
-        if id(huey) not in _prepared:
-            _prepared.add(id(huey))
+        if not getattr(huey, "pa_prepared", False):
+            huey.pa_prepared = True
             huey.signal(SIGNAL_INTERRUPTED)(requeue_interrupted)
             backup_task.register_periodic(huey)
     return huey

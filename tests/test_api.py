@@ -23,6 +23,7 @@ from tests.factories import make_review, make_user
 from tests.services import RedisServer, SmtpServer, wait_for
 from tests.web_fixtures import (
     app_client,
+    error_of,
     job_reaches,
     live_server,
     login,
@@ -40,12 +41,7 @@ def client() -> Any:
         yield c
 
 
-def _error(r: Any, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["success"] is False and body["error"]["code"] == code, body
-    error: dict[str, Any] = body["error"]
-    return error
+_error = error_of
 
 
 def _finished_job(owner: User | None, relative: str, content: bytes) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pa.queue import JobType
 from pa.web.responses import MAX_JSON_BYTES
 from tests.factories import make_user
 from tests.services import wait_final
-from tests.web_fixtures import app_client, live_server, login, user_with_password
+from tests.web_fixtures import app_client, error_of, live_server, login, user_with_password
 
 FOREIGN = "http://evil.example"
 
@@ -25,12 +25,7 @@ def client() -> Any:
         yield c
 
 
-def _error(r: Any, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["success"] is False and body["error"]["code"] == code, body
-    error: dict[str, Any] = body["error"]
-    return error
+_error = error_of
 
 
 @pytest.mark.parametrize("evil", ["/\t/evil.example", "/\n/evil.example", "/\r/evil.example",

@@ -50,6 +50,15 @@ def app_client(**options: Any) -> Iterator[TestClient]:
         yield client
 
 
+def error_of(r: Any, status: int, code: str) -> dict[str, Any]:
+    """The error of an answer that must be the envelope with `status` and `code`."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["success"] is False and body["error"]["code"] == code, body
+    error: dict[str, Any] = body["error"]
+    return error
+
+
 def login(client: TestClient | httpx.Client, user: User, password: str = PASSWORD) -> None:
     r = client.post("/api/session", json={"email": user.email, "password": password})
     assert r.status_code == 200, r.text
