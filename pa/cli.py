@@ -17,7 +17,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from pa import accounts, db, runtime
+from pa import accounts, db, runtime, throttle
 from pa.errors import PaError, SchemaMismatch
 from pa.models import ApiToken, Role, User
 from pa.schema import current_revision, head_revision, migrate, schema_problem
@@ -262,6 +262,7 @@ def set_password(args: argparse.Namespace) -> None:
     if not done:
         raise CommandError(f"No user with email {args.email}.")
     accounts.announce_logins_ended(user_id)
+    throttle.forget(args.email.strip().lower())  # a locked-out user may try the new one
     print(f"Password set for {args.email.strip()}; their logins ended and "
           f"{_tokens(tokens)} deleted.")
 
@@ -304,6 +305,7 @@ def enable_user(args: argparse.Namespace) -> None:
     with db.begin() as conn:
         user_id = _existing_user_id(conn, args.email)
         accounts.set_disabled(conn, user_id, False)
+    throttle.forget(args.email.strip().lower())
     print(f"{args.email.strip()} may sign in again.")
 
 

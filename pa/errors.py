@@ -57,6 +57,17 @@ class TooLarge(PaError):
     code, status = "too_large", 413
 
 
+class RateLimited(PaError):
+    """Raised when too many failed logins came for one email or from one address."""
+
+    code, status = "rate_limited", 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        #: seconds until a try may succeed (the answer's Retry-After)
+        self.retry_after = retry_after
+
+
 class Unavailable(PaError):
     """Raised when a service pa needs (database, Redis) does not answer."""
 

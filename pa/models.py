@@ -1,4 +1,4 @@
-"""The tables: User, Review, Job, ApiToken, FiscalYear, and their enums."""
+"""The tables: User, Review, Job, ApiToken, FiscalYear, LoginFailure..., and their enums."""
 
 from __future__ import annotations
 
@@ -206,6 +206,19 @@ class EndedSession(Base):
     #: the login's random id (the session cookie's "sid")
     sid: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class LoginFailure(Base):
+    """A failed login, counted by pa.throttle in embedded mode (production counts
+    them in Redis); rows older than the window are deleted as the key is counted."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: the limit's key: its kind ("login-email", "login-client") and the email or address
+    key: Mapped[str] = mapped_column(String(400), index=True)
+    #: when (epoch seconds)
+    at: Mapped[float] = mapped_column(Float)
 
 
 class AnalyticsCache(Base):

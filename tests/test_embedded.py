@@ -133,3 +133,12 @@ def test_embedded_mode_end_to_end(embedded_web: tuple[str, dict[str, int]],
         assert http.get(f"/api/jobs/{job['id']}").json()["data"]["status"] == "completed"
         review = http.get(f"/api/reviews/{ids['review']}").json()["data"]
         assert review["status"] == "submitted_to_hr"
+
+        # Failed logins are counted without Redis too (in the database): the sixth
+        # try is refused, the right password included
+        for _ in range(5):
+            r = http.post("/api/session", json={"email": "mona@example.com", "password": "x"})
+            assert r.status_code == 401, r.text
+        r = http.post("/api/session", json={"email": "mona@example.com", "password": PASSWORD})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited", r.text
+        assert int(r.headers["retry-after"]) > 0

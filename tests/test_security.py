@@ -328,3 +328,130 @@ def test_a_short_secret_key_is_refused_at_start(command: list[str]) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "PA_SECRET_KEY is 20 characters long; it must have at least 32" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- failed logins are throttled -----------------------------------------------------------
+
+
+def _try(client: TestClient, email: str, password: str, **headers: str) -> Any:
+    return client.post("/api/session", json={"email": email, "password": password},
+                       headers=headers)
+
+
+def test_five_failed_logins_lock_the_email_for_the_window_the_right_password_too(
+        client: TestClient) -> None:
+    from tests.web_fixtures import PASSWORD
+
+    user, other = user_with_password(Role.MANAGER), user_with_password(Role.MANAGER)
+    for _ in range(5):
+        _error(_try(client, user.email, "wrong password"), 401, "unauthorized")
+    # The sixth try, with the right password and the email's case changed, is refused
+    r = _try(client, user.email.upper(), PASSWORD)
+    _error(r, 429, "rate_limited")
+    assert 14 * 60 < int(r.headers["retry-after"]) <= 15 * 60
+    # ... while another account from the same address signs in
+    assert _try(client, other.email, PASSWORD).status_code == 200
+
+
+def test_a_client_address_is_limited_to_30_failures_across_emails(client: TestClient) -> None:
+    from tests.web_fixtures import PASSWORD
+
+    user = user_with_password(Role.EMPLOYEE)
+    for n in range(30):  # 30 emails, none of them locked by itself
+        _error(_try(client, f"nobody{n}@example.com", "guess"), 401, "unauthorized")
+    _error(_try(client, user.email, PASSWORD), 429, "rate_limited")
+
+
+def test_the_lock_ends_when_the_window_passes(client: TestClient,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from limits import parse
+
+    from pa import throttle
+    from tests.web_fixtures import PASSWORD
+
+    monkeypatch.setattr(throttle, "PER_EMAIL", parse("5/3 seconds"))
+    user = user_with_password(Role.EMPLOYEE)
+    for _ in range(5):
+        _try(client, user.email, "wrong")
+    r = _try(client, user.email, PASSWORD)
+    _error(r, 429, "rate_limited")
+    time.sleep(float(r.headers["retry-after"]) + 0.2)
+    assert _try(client, user.email, PASSWORD).status_code == 200
+
+
+def test_set_password_and_enable_user_forget_the_failures(
+        client: TestClient, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    user = user_with_password(Role.EMPLOYEE)
+    for _ in range(5):
+        _try(client, user.email, "wrong")
+    _error(_try(client, user.email, "new password 11"), 429, "rate_limited")
+    _cli(capsys, monkeypatch, "set-password", user.email, stdin="new password 11\n")
+    assert _try(client, user.email, "new password 11").status_code == 200
+
+
+@pytest.mark.parametrize("storage", ["redis", "database"])
+def test_both_storages_count_a_moving_window(storage: str, redis_server: Any) -> None:
+    # Production counts in Redis, embedded mode in the database: the same window.
+    import time
+
+    from limits import parse
+    from limits.storage import RedisStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    from pa.throttle import SqlStorage
+
+    store = (RedisStorage(redis_server.url, key_prefix="pa:limits") if storage == "redis"
+             else SqlStorage())
+    limiter = MovingWindowRateLimiter(store)
+    item = parse("3/2 seconds")
+    started = time.time()
+    assert [limiter.hit(item, "k", "a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.hit(item, "k", "b")  # another key is counted apart
+    assert not limiter.test(item, "k", "a")
+    reset, remaining = limiter.get_window_stats(item, "k", "a")
+    assert remaining == 0 and started + 2 <= reset <= time.time() + 2
+    time.sleep(max(0.0, reset - time.time()) + 0.05)
+    assert limiter.test(item, "k", "a")
+    limiter.hit(item, "k", "a")
+    store.clear(item.key_for("k", "a"))
+    assert limiter.get_window_stats(item, "k", "a").remaining == 3
+
+
+def test_at_most_two_passwords_are_hashed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import threading
+
+    import httpx
+
+    from pa.web import auth
+    from pa.web.app import create_app
+
+    running, peak, lock = [0], [0], threading.Lock()
+    verify = auth.verify_password
+
+    def counted(password_hash: str | None, password: str) -> bool:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            return verify(password_hash, password)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(auth, "verify_password", counted)
+    users = [user_with_password(Role.EMPLOYEE) for _ in range(4)]
+
+    async def burst() -> list[int]:
+        transport = httpx.ASGITransport(app=create_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            answers = await asyncio.gather(*(
+                http.post("/api/session", json={"email": u.email, "password": "wrong"})
+                for u in users for _ in range(2)))
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(burst()) == [401] * 8
+    assert peak[0] == 2  # (not 1: the eight tries did run side by side, two at a time)

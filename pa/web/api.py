@@ -34,6 +34,8 @@ from pa.web.responses import Json, accepted, json_body, ok, query_int, query_str
 
 #: longer passwords are refused before hashing (argon2's cost grows with length)
 MAX_PASSWORD = 1024
+#: password checks running at once in one web process (DESIGN.md)
+PASSWORD_CHECKS = 2
 MEDIA_TYPES = {
     ".pdf": "application/pdf",
     ".csv": "text/csv; charset=utf-8",
@@ -62,7 +64,12 @@ async def login(request: Request) -> Response:
     body = await json_body(request)
     email = _required_str(body, "email", 254)
     password = _required_str(body, "password", MAX_PASSWORD)
-    user = await run_in_threadpool(check_login, email, password)
+    client = request.client.host if request.client else "unknown"
+    # At most PASSWORD_CHECKS hashes at a time (each takes ~64 MiB and 0.1-0.2 s);
+    # the failure counts are read inside the gate, so that a burst of tries in
+    # parallel cannot all pass the count before the first failure is written.
+    async with request.app.state.password_checks:
+        user = await run_in_threadpool(check_login, email, password, client)
     if user is None:
         # One message for every case: it must not tell whether the email exists.
         raise Unauthorized("Wrong email or password.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import pkgutil
@@ -26,7 +27,7 @@ import pa.web
 from pa import db, runtime
 from pa.errors import PaError
 from pa.settings import Settings, current
-from pa.web import auth, hub, pages
+from pa.web import api, auth, hub, pages
 from pa.web.auth import OriginCheckMiddleware, SecurityHeadersMiddleware
 from pa.web.offload import Dispatcher
 from pa.web.responses import error, from_error
@@ -154,5 +155,6 @@ def create_app(config: Settings | None = None, *,
     )
     app.state.hub = event_hub
     app.state.dispatcher = dispatcher
+    app.state.password_checks = asyncio.Semaphore(api.PASSWORD_CHECKS)
     app.state.settings = config
     return app

@@ -12,9 +12,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pa import db
+from pa import db, throttle
 from pa.auth_passwords import hash_token, verify_password
-from pa.errors import Forbidden, Unauthorized
+from pa.errors import Forbidden, RateLimited, Unauthorized
 from pa.models import ApiToken, EndedSession, Role, User
 from pa.web.offload import run_db
 from pa.web.responses import error
@@ -108,15 +108,21 @@ def load_by_token(token: str) -> Principal | None:
     return _principal(row)
 
 
-def check_login(email: str, password: str) -> Principal | None:
+def check_login(email: str, password: str, client: str) -> Principal | None:
     """The user if the email and password match (imported users without one, and
-    disabled users, cannot log in)."""
+    disabled users, cannot log in); RateLimited while the email or the client
+    address `client` has too many recent failures, before any hashing."""
+    email = email.strip().lower()
+    wait = throttle.retry_after(email, client)
+    if wait is not None:
+        raise RateLimited(f"Too many failed logins; try again in {wait} s.", retry_after=wait)
     with db.read() as conn:
         row = conn.execute(
             select(*_USER_COLS, User.password_hash, User.disabled_at)
-            .where(User.email == email.strip().lower())
+            .where(User.email == email)
         ).first()
     if not verify_password(row.password_hash if row else None, password):
+        throttle.failed(email, client)
         return None
     if row is not None and row.disabled_at is not None:
         return None  # (after the hash: the answer's time does not tell either)

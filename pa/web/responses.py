@@ -10,7 +10,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pa.errors import Invalid, PaError, TooLarge
+from pa.errors import Invalid, PaError, RateLimited, TooLarge
 
 #: the largest JSON body read (DESIGN.md, "Sessions and abuse")
 MAX_JSON_BYTES = 64 * 1024
@@ -69,7 +69,9 @@ def error(
 
 
 def from_error(exc: PaError) -> Response:
-    return error(exc.code, exc.message, exc.status, exc.field)
+    headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited)
+               else None)
+    return error(exc.code, exc.message, exc.status, exc.field, headers=headers)
 
 
 async def json_body(request: Request) -> dict[str, Any]:
