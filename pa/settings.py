@@ -12,6 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.config import Config
 from starlette.datastructures import CommaSeparatedStrings
@@ -32,6 +33,8 @@ class Settings:
     job_retention_days: int
     max_upload_mb: int
     allowed_origins: tuple[str, ...]
+    #: the app's public origin (scheme://host[:port], normalized), or None
+    public_url: str | None
     # Not in DESIGN.md's table: operational knobs of the recovery path (see OPERATIONS.md).
     worker_ttl: int
     reaper_interval: int
@@ -40,6 +43,21 @@ class Settings:
     def embedded(self) -> bool:
         """No Redis: SQLite queue, consumer threads in the web process, in-process events."""
         return not self.redis_url
+
+    @property
+    def public_host(self) -> str | None:
+        """PA_PUBLIC_URL's host name (what a request's Host must name), or None."""
+        return urlsplit(self.public_url).hostname if self.public_url else None
+
+    @property
+    def https(self) -> bool:
+        """PA_PUBLIC_URL is https: the session cookie is Secure."""
+        return bool(self.public_url and self.public_url.startswith("https://"))
+
+    def link(self, path: str) -> str:
+        """An absolute URL of `path` for a mail: on PA_PUBLIC_URL, else where
+        run_web.py listens."""
+        return f"{self.public_url or f'http://{self.host}:{self.port}'}{path}"
 
     @property
     def is_sqlite(self) -> bool:
@@ -75,6 +93,26 @@ def _secret_key(config: Config, data_dir: Path) -> str:
     return key
 
 
+def _public_url(value: str | None) -> str | None:
+    """PA_PUBLIC_URL as `scheme://host[:port]` (lower case, no default port), or
+    None; ValueError unless it is an http(s) origin."""
+    if not value:
+        return None
+    parts = urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme not in ("http", "https") or not parts.hostname or port == -1
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+            or parts.username or parts.password):
+        raise ValueError(f"PA_PUBLIC_URL must be the app's origin, such as "
+                         f"https://pa.example.com (no path); got {value!r}.")
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
     """Read the PA_* variables (the environment wins over `.env`)."""
     env_path = Path(env_file) if env_file and Path(env_file).is_file() else None
@@ -99,6 +137,7 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
                 "PA_ALLOWED_ORIGINS", cast=CommaSeparatedStrings, default=""
             )
         ),
+        public_url=_public_url(config("PA_PUBLIC_URL", default=None)),
         # A SIGKILLed consumer's jobs are back in the queue after at most the TTL
         # plus one reaper interval (15 s): DESIGN.md's recovery times ask for 30 s.
         worker_ttl=config("PA_WORKER_TTL", cast=int, default=10),

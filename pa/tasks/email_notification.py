@@ -55,7 +55,7 @@ def _review_context(review_id: int) -> dict[str, Any]:
         "ratings": dict(row.ratings or {}),
         "goals": row.goals or "",
         "manager_comments": row.manager_comments or "",
-        "url": f"http://{settings.host}:{settings.port}/reviews?id={row.id}",
+        "url": settings.link(f"/reviews?id={row.id}"),
     }
 
 

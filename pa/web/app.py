@@ -28,7 +28,7 @@ from pa import db, runtime
 from pa.errors import PaError
 from pa.settings import Settings, current
 from pa.web import api, auth, hub, pages
-from pa.web.auth import OriginCheckMiddleware, SecurityHeadersMiddleware
+from pa.web.auth import HostCheckMiddleware, OriginCheckMiddleware, SecurityHeadersMiddleware
 from pa.web.offload import Dispatcher
 from pa.web.responses import error, from_error
 
@@ -139,11 +139,13 @@ def create_app(config: Settings | None = None, *,
         routes=routes(),
         middleware=[
             Middleware(SecurityHeadersMiddleware),
-            Middleware(OriginCheckMiddleware, allowed_origins=config.allowed_origins),
+            Middleware(HostCheckMiddleware, host=config.public_host),
+            Middleware(OriginCheckMiddleware, allowed_origins=config.allowed_origins,
+                       public_url=config.public_url),
             Middleware(SessionMiddleware, secret_key=config.secret_key,
                        session_cookie="pa_session",
                        max_age=int(auth.SESSION_MAX_AGE.total_seconds()),
-                       same_site="lax", https_only=False),
+                       same_site="lax", https_only=config.https),
         ],
         exception_handlers={
             PaError: _pa_error,

@@ -9,6 +9,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -220,14 +221,15 @@ def _own_origin(scope: Scope) -> str:
     return normalize_origin(f"{scheme}://{host}")
 
 
-def origin_allowed(scope: Scope, allowed: frozenset[str]) -> bool:
-    """A request without Origin, or from the app's own origin or one of `allowed`."""
+def origin_allowed(scope: Scope, allowed: frozenset[str], own: str | None = None) -> bool:
+    """A request without Origin, or from the app's own origin (`own`, PA_PUBLIC_URL;
+    else the request's scheme and Host) or one of `allowed`."""
     headers = dict(scope.get("headers") or [])
     origin = headers.get(b"origin")
     if origin is None:
         return True
     value = normalize_origin(origin.decode("latin-1"))
-    return value == _own_origin(scope) or value in allowed
+    return value == (own or _own_origin(scope)) or value in allowed
 
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -267,10 +269,13 @@ class SecurityHeadersMiddleware:
 class OriginCheckMiddleware:
     """403 for a cookie-authenticated state change or a WebSocket from a foreign Origin."""
 
-    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...] = (),
+                 public_url: str | None = None) -> None:
         self.app = app
         #: PA_ALLOWED_ORIGINS
         self.allowed = frozenset(normalize_origin(o) for o in allowed_origins)
+        #: PA_PUBLIC_URL: behind a proxy the request's own scheme and Host may not be it
+        self.own = normalize_origin(public_url) if public_url else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -289,13 +294,54 @@ class OriginCheckMiddleware:
             # With an Authorization header the cookie is ignored (current_user), so
             # no cookie can be riding on a cross-site request.
             uses_header = b"authorization" in headers
-            if not uses_header and not origin_allowed(scope, self.allowed):
+            if not uses_header and not origin_allowed(scope, self.allowed, self.own):
                 response = error("forbidden", "Cross-origin request refused.", 403)
                 await response(scope, receive, send)
                 return
-        elif scope["type"] == "websocket" and not origin_allowed(scope, self.allowed):
+        elif scope["type"] == "websocket" and not origin_allowed(scope, self.allowed, self.own):
             # Closing before accept makes the server answer the handshake with 403.
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})
             return
         await self.app(scope, receive, send)
+
+
+#: answered whatever their Host: a load balancer's or Prometheus's probes name the
+#: process by its address
+ANY_HOST_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+class HostCheckMiddleware:
+    """400 (the error envelope) for a request whose Host is not PA_PUBLIC_URL's: a
+    DNS-rebinding page, or a proxy that forwards any name. Starlette's
+    TrustedHostMiddleware decides; only its plain-text answer is replaced."""
+
+    def __init__(self, app: ASGIApp, host: str | None) -> None:
+        self.app = app
+        self.check = (TrustedHostMiddleware(self._host_is_trusted, allowed_hosts=[host],
+                                            www_redirect=False) if host else None)
+
+    @staticmethod
+    async def _host_is_trusted(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["pa.trusted_host"] = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.check is None or scope["type"] not in ("http", "websocket")
+                or scope["path"] in ANY_HOST_PATHS):
+            await self.app(scope, receive, send)
+            return
+
+        async def drop(message: Message) -> None:
+            pass  # TrustedHostMiddleware's own answer; ours follows
+
+        await self.check(scope, receive, drop)
+        if scope.pop("pa.trusted_host", False):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            if "websocket.http.response" not in scope.get("extensions", {}):
+                await send({"type": "websocket.close", "code": 1008})  # (answered 403)
+                return
+        await error("invalid", "This server does not serve that host name.", 400)(
+            scope, receive, send)
