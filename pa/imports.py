@@ -45,8 +45,10 @@ ROLES = tuple(r.value for r in Role)
 MAX_LENGTH = {"email": 254, "name": 200, "department": 100}
 #: the folder under PA_DATA_DIR where uploads wait for their job
 UPLOADS_DIR = "uploads"
-#: the header line must end within this many bytes
-HEADER_MAX_BYTES = 64 * 1024
+#: a line (a record: a quoted field may hold line breaks) longer than this, or with
+#: more fields, is refused before anything splits it (DESIGN.md, "Sessions and abuse")
+LINE_MAX_BYTES = 64 * 1024
+LINE_MAX_FIELDS = 100
 ERRORS_CSV_COLUMNS = ("line", "email", "message")
 
 TEMPLATE_CSV = (
@@ -60,6 +62,55 @@ TEMPLATE_CSV = (
 _ATEXT = r"[A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+"
 _ASCII_LOCAL = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
 _LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+class LineLimits:
+    """Checks LINE_MAX_BYTES and LINE_MAX_FIELDS over a file's bytes as they arrive,
+    in pieces of any size, without splitting a record into fields: a line of 40 MB
+    of commas would be 40 million fields for the csv module.
+
+    A comma or a line break inside double quotes belongs to a field (a doubled
+    quote toggles twice, so escaped quotes need no special case); a line ends at
+    LF, CRLF or a lone CR, as csv reads them.
+    """
+
+    def __init__(self) -> None:
+        self.line = 1  # the physical line being read
+        self._start = 1  # where the current record began (what errors name)
+        self._bytes = 0  # of the current record
+        self._commas = 0
+        self._quoted = False
+        self._cr = False  # the last piece ended with CR (its LF may come next)
+
+    def feed(self, data: bytes) -> None:
+        """Unprocessable naming the first line over a limit."""
+        if self._cr and data.startswith(b"\n"):
+            data = data[1:]
+        self._cr = data.endswith(b"\r")
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        for segment in data.split(b'"'):
+            if self._quoted:
+                self.line += segment.count(b"\n")
+                self._add(segment, commas=0)
+            else:
+                *ended, rest = segment.split(b"\n")
+                for part in ended:
+                    self._add(part, part.count(b","))
+                    self.line += 1
+                    self._start, self._bytes, self._commas = self.line, 0, 0
+                self._add(rest, rest.count(b","))
+            self._quoted = not self._quoted
+        self._quoted = not self._quoted  # (n segments hold n - 1 quotes)
+
+    def _add(self, part: bytes, commas: int) -> None:
+        self._bytes += len(part)
+        self._commas += commas
+        if self._bytes > LINE_MAX_BYTES:
+            raise Unprocessable(f"Line {self._start} is longer than "
+                                f"{LINE_MAX_BYTES // 1024} KiB.", field="file")
+        if self._commas + 1 > LINE_MAX_FIELDS:
+            raise Unprocessable(f"Line {self._start} has more than {LINE_MAX_FIELDS} fields.",
+                                field="file")
 
 
 class Rejection(NamedTuple):

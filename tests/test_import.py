@@ -516,6 +516,30 @@ def test_not_utf8_is_refused_before_anything_is_kept(client, admin):
     nothing_left()
 
 
+@pytest.mark.parametrize("line, message", [
+    ("," * 40 * 1024 * 1024, "Line 3 is longer than 64 KiB."),  # the review's 40 MB line
+    ("a" * (64 * 1024 + 1), "Line 3 is longer than 64 KiB."),
+    ('x,"' + "y" * (64 * 1024) + '"', "Line 3 is longer than 64 KiB."),  # in quotes too
+    ("," * 100, "Line 3 has more than 100 fields."),
+])
+def test_a_line_too_long_or_too_wide_is_refused_before_it_is_split(client, admin, line,
+                                                                     message):
+    _, headers = admin
+    response = post_csv(client, headers, csv_bytes("ok@example.com,Ok,employee,Eng,", line))
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == {"code": "invalid", "message": message, "field": "file"}
+    # No job: nothing will split the line (the 40 MB one took a process from 108 to
+    # 478 MB as csv's 40 million fields)
+    nothing_left()
+
+
+def test_commas_in_quotes_are_not_fields(client, admin, consumer):
+    _, headers = admin
+    name = '"' + "," * 150 + '"'  # one field of 150 commas: over no limit
+    response = post_csv(client, headers, csv_bytes(f"q@example.com,{name},employee,Eng,"))
+    assert response.status_code == 202, response.text
+
+
 def test_missing_columns_are_named(client, admin):
     _, headers = admin
     content = csv_bytes("a@example.com,employee,Eng", header="Email,role,department")

@@ -8,7 +8,8 @@ temporary file whatever its size, so the size limit could only be checked after
 the whole upload. Here it stops at the first byte over `PA_MAX_UPLOAD_MB`.
 
 Checked before the job is enqueued: size (413), UTF-8 for every byte (BOM allowed),
-the header's columns (422). A refused upload leaves no file and no job.
+every line's length and number of fields (imports.LineLimits), the header's
+columns (422). A refused upload leaves no file and no job.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class _Receiver:
     header: bytearray = field(default_factory=bytearray)
     header_done: bool = False
     lines: int = 0
+    limits: imports.LineLimits = field(default_factory=imports.LineLimits)
     error: Exception | None = None
     _file: IO[bytes] | None = None
     _pending: list[bytes] = field(default_factory=list)
@@ -134,7 +136,7 @@ class _Receiver:
             ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
             end = min(ends) if ends else -1
             self.header += data if end < 0 else data[:end + 1]
-            self.header_done = end >= 0 or len(self.header) > imports.HEADER_MAX_BYTES
+            self.header_done = end >= 0 or len(self.header) > imports.LINE_MAX_BYTES
         buffered = len(self._decoder.getstate()[0])
         try:
             self._decoder.decode(data, final=final)
@@ -144,6 +146,7 @@ class _Receiver:
                 f"The file is not UTF-8 text (line {line} is not); save it as "
                 "\"CSV UTF-8\".", field=FIELD) from None
         self.lines += data.count(b"\n")
+        self.limits.feed(data)
 
     def close(self) -> None:
         if self._file is not None:
@@ -190,9 +193,6 @@ async def receive_csv(request: Request, max_bytes: int, dest: Path) -> str:
         await run_in_threadpool(receiver.flush, True)
         if receiver.size == 0:
             raise Unprocessable("The file is empty.", field=FIELD)
-        if not receiver.header.endswith((b"\n", b"\r")) and (
-                len(receiver.header) > imports.HEADER_MAX_BYTES):
-            raise Unprocessable("The first line is too long to be a CSV header.", field=FIELD)
         imports.header_from_bytes(bytes(receiver.header))
     except BaseException:
         receiver.close()
