@@ -87,17 +87,23 @@ _limiter: tuple[str | None, MovingWindowRateLimiter] | None = None
 _lock = threading.Lock()
 
 
-def limiter() -> MovingWindowRateLimiter:
-    """This process's limiter, on the configured Redis (else the database)."""
+def configure(redis_url: str | None) -> MovingWindowRateLimiter:
+    """Count in Redis at `redis_url` (None: in the database); the current limiter
+    if it counts there already (pa.runtime.configure calls it)."""
     global _limiter
-    url = pa_settings.settings.redis_url
     with _lock:
-        if _limiter is None or _limiter[0] != url:
-            storage = (RedisStorage(url, key_prefix="pa:limits", socket_timeout=5,
+        if _limiter is None or _limiter[0] != redis_url:
+            storage = (RedisStorage(redis_url, key_prefix="pa:limits", socket_timeout=5,
                                     socket_connect_timeout=5)
-                       if url else SqlStorage())
-            _limiter = (url, MovingWindowRateLimiter(storage))
+                       if redis_url else SqlStorage())
+            _limiter = (redis_url, MovingWindowRateLimiter(storage))
         return _limiter[1]
+
+
+def limiter() -> MovingWindowRateLimiter:
+    """This process's limiter: configure()'s, or the settings' at first use."""
+    current = _limiter
+    return current[1] if current is not None else configure(pa_settings.settings.redis_url)
 
 
 def _limits(email: str, client: str) -> tuple[tuple[RateLimitItem, str, str], ...]:
@@ -109,8 +115,8 @@ def retry_after(email: str, client: str) -> int | None:
     if it may be tried now."""
     wait = 0.0
     for item, kind, who in _limits(email, client):
-        if not limiter().test(item, kind, who):
-            reset, _ = limiter().get_window_stats(item, kind, who)
+        reset, remaining = limiter().get_window_stats(item, kind, who)
+        if remaining <= 0:
             wait = max(wait, reset - time.time())
     return max(1, math.ceil(wait)) if wait > 0 else None
 
