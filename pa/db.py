@@ -92,6 +92,8 @@ def make_engine(url: str, *, flush_commits: bool = True) -> Engine:
     return engine
 
 
+#: the largest id a row has: the id columns are INTEGER, 32 bits in PostgreSQL
+MAX_ID = 2**31 - 1
 #: a pooled PostgreSQL connection unused for longer than this is tested before use
 PING_AFTER_IDLE = 1.0
 

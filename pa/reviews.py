@@ -37,8 +37,8 @@ years_table = cast(Table, FiscalYear.__table__)
 _employee = users_table.alias("employee")
 _manager = users_table.alias("manager")
 
-#: the largest id SQLite and PostgreSQL accept (a bigger one cannot exist)
-MAX_ID = 2**63 - 1
+#: the largest id a review has (a bigger one cannot exist); also the largest offset
+MAX_ID = db.MAX_ID
 MAX_LIMIT = 500
 _STATUSES = frozenset(s.value for s in ReviewStatus)
 

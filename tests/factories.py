@@ -85,3 +85,14 @@ def make_database_the_old_way(url: str, *, lacking: tuple[str, ...] = ()) -> Non
 ADDED_BY_MIGRATIONS = (("users", "logins_from"), ("users", "disabled_at"))
 #: tables that migrations after the baseline created
 TABLES_ADDED_BY_MIGRATIONS = ("login_failures",)
+
+
+def make_token(user: User) -> str:
+    """A new API token of `user` (what `python -m pa create-token` makes)."""
+    from pa.auth_passwords import new_token
+    from pa.models import ApiToken
+
+    token, token_hash = new_token()
+    with db.session_scope() as session:
+        session.add(ApiToken(user_id=user.id, token_hash=token_hash, created_at=db.utcnow()))
+    return token

@@ -70,9 +70,13 @@ def test_deeply_nested_json_is_a_400_not_a_500(client: TestClient) -> None:
 
 @pytest.mark.parametrize("path", ["/api/reviews/{n}", "/api/reviews/{n}/submit-to-hr",
                                   "/api/fiscal-years/{n}/archive"])
-def test_an_id_of_thousands_of_digits_is_a_404(client: TestClient, path: str) -> None:
+@pytest.mark.parametrize("n", ["9" * 4301, str(2**31), str(2**31 - 1)])
+def test_an_id_of_thousands_of_digits_or_past_the_database_integer_is_a_404(
+        client: TestClient, path: str, n: str) -> None:
+    # 2**31 passed Python but not PostgreSQL's integer (the fuzz found it); 2**31 - 1
+    # is the largest id a row can have, and reaches the query.
     login(client, user_with_password(Role.ADMIN))
-    url = path.format(n="9" * 4301)
+    url = path.format(n=n)
     r = client.post(url) if url.endswith("submit-to-hr") else client.get(url)
     _error(r, 404, "not_found")
 

@@ -61,6 +61,21 @@ def _required_str(body: dict[str, Any], name: str, max_length: int) -> str:
 
 
 async def login(request: Request) -> Response:
+    """Sign in: the answer sets the pa_session cookie.
+    ---
+    security: [{}]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [email, password]
+            properties:
+              email: {type: string, minLength: 1, maxLength: 254}
+              password: {type: string, minLength: 1, maxLength: 1024}
+    responses: {"200": {$ref: "#/components/responses/OkUser"}}
+    """
     body = await json_body(request)
     email = _required_str(body, "email", 254)
     password = _required_str(body, "password", MAX_PASSWORD)
@@ -82,6 +97,11 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    """Sign out: the login ends on every web process, its sockets close.
+    ---
+    security: [{}]
+    responses: {"200": {$ref: "#/components/responses/OkNoData"}}
+    """
     sid = session_id(request)
     request.session.clear()
     if sid is not None:
@@ -94,11 +114,23 @@ async def logout(request: Request) -> Response:
 
 
 async def me(request: Request) -> Response:
+    """The signed-in user.
+    ---
+    responses: {"200": {$ref: "#/components/responses/OkUser"}}
+    """
     user = await require_user(request)
     return ok(user.to_dict())
 
 
 async def list_jobs(request: Request) -> Response:
+    """The caller's jobs (admins: everyone's), newest first.
+    ---
+    parameters:
+      - {name: status, in: query, schema: {enum: JOB_STATUSES}}
+      - {name: type, in: query, schema: {enum: JOB_TYPES}}
+      - {$ref: "#/components/parameters/limit"}
+    responses: {"200": {$ref: "#/components/responses/OkJobs"}}
+    """
     user = await require_user(request)
     status = query_str(request, "status")
     job_type = query_str(request, "type")
@@ -110,6 +142,11 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
+    """One job (owner or admin), to poll it.
+    ---
+    parameters: [{$ref: "#/components/parameters/jobId"}]
+    responses: {"200": {$ref: "#/components/responses/OkJob"}}
+    """
     user = await require_user(request)
     job = await run_in_threadpool(jobs.get, request.path_params["job_id"], user.id,
                                   user.role)
@@ -117,6 +154,11 @@ async def get_job(request: Request) -> Response:
 
 
 async def cancel_job(request: Request) -> Response:
+    """Cancel a job: pending ones at once, running ones at their next check.
+    ---
+    parameters: [{$ref: "#/components/parameters/jobId"}]
+    responses: {"200": {$ref: "#/components/responses/OkJob"}}
+    """
     user = await require_user(request)
     job = await run_in_threadpool(jobs.cancel, request.path_params["job_id"], user.id,
                                   user.role)
@@ -124,6 +166,11 @@ async def cancel_job(request: Request) -> Response:
 
 
 async def retry_job(request: Request) -> Response:
+    """Queue a failed or cancelled job again.
+    ---
+    parameters: [{$ref: "#/components/parameters/jobId"}]
+    responses: {"202": {$ref: "#/components/responses/Accepted"}}
+    """
     user = await require_user(request)
     job = await run_in_threadpool(jobs.retry, request.path_params["job_id"], user.id,
                                   user.role)
@@ -147,6 +194,11 @@ def _job_file(job_id: str, user: Principal) -> Path:
 
 
 async def download_job(request: Request) -> Response:
+    """The file a completed job left.
+    ---
+    parameters: [{$ref: "#/components/parameters/jobId"}]
+    responses: {"200": {$ref: "#/components/responses/File"}}
+    """
     user = await require_user(request)
     path = await run_in_threadpool(_job_file, request.path_params["job_id"], user)
     return FileResponse(path, filename=path.name, media_type=media_type(path.name))
@@ -189,7 +241,22 @@ def _health() -> dict[str, str]:
 
 
 async def healthz(request: Request) -> Response:
-    """200 when the database and Redis answer; 503 naming those that do not."""
+    """Whether the database and Redis answer: 200, or 503 naming those that do not.
+    ---
+    security: [{}]
+    responses:
+      "200": {$ref: "#/components/responses/OkHealth"}
+      "503":
+        description: Those that do not answer, in the error envelope with `data`.
+        content:
+          application/json:
+            schema:
+              allOf:
+                - {$ref: "#/components/schemas/Error"}
+                - type: object
+                  required: [data]
+                  properties: {data: {$ref: "#/components/schemas/Health"}}
+    """
     checks = await run_in_threadpool(_health)
     down = [name for name, state in checks.items() if state == "unavailable"]
     if not down:

@@ -19,11 +19,20 @@ FIRST_YEAR, LAST_YEAR = 1900, 9999
 
 
 async def list_fiscal_years(request: Request) -> Response:
+    """Every fiscal year with reviews or a close (HR).
+    ---
+    responses: {"200": {$ref: "#/components/responses/OkFiscalYears"}}
+    """
     await require_user(request, *HR)
     return ok(await run_in_threadpool(archive.list_years))
 
 
 async def close_fiscal_year(request: Request) -> Response:
+    """Close a fiscal year: freeze its reviews and archive them (HR).
+    ---
+    parameters: [{$ref: "#/components/parameters/year"}]
+    responses: {"202": {$ref: "#/components/responses/Accepted"}}
+    """
     user = await require_user(request, *HR)
     year: int = request.path_params["year"]
     if not FIRST_YEAR <= year <= LAST_YEAR:
@@ -33,23 +42,41 @@ async def close_fiscal_year(request: Request) -> Response:
 
 
 async def download_archive(request: Request) -> Response:
+    """The archive of a closed fiscal year (HR).
+    ---
+    parameters: [{$ref: "#/components/parameters/year"}]
+    responses: {"200": {$ref: "#/components/responses/File"}}
+    """
     await require_user(request, *HR)
     path = await run_in_threadpool(archive.archive_file, request.path_params["year"])
     return FileResponse(path, filename=path.name, media_type="application/gzip")
 
 
 async def list_backups(request: Request) -> Response:
+    """The backup files on disk, newest first (admin).
+    ---
+    responses: {"200": {$ref: "#/components/responses/OkBackups"}}
+    """
     await require_user(request, Role.ADMIN)
     return ok(await run_in_threadpool(backup.listing))
 
 
 async def create_backup(request: Request) -> Response:
+    """Back up the database now (admin).
+    ---
+    responses: {"202": {$ref: "#/components/responses/Accepted"}}
+    """
     user = await require_user(request, Role.ADMIN)
     job = await run_in_threadpool(backup.submit_backup, user.id)
     return accepted(job, "Backing up the database.")
 
 
 async def download_backup(request: Request) -> Response:
+    """One backup file (admin).
+    ---
+    parameters: [{name: name, in: path, required: true, schema: {type: string}}]
+    responses: {"200": {$ref: "#/components/responses/File"}}
+    """
     await require_user(request, Role.ADMIN)
     # find_backup accepts only names of the backup pattern found in the backups folder.
     found = await run_in_threadpool(backup.find_backup, request.path_params["name"])

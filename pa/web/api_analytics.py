@@ -57,6 +57,22 @@ def answer(scope: analytics.Scope, user_id: int, *, start_job: bool = True
 
 
 async def get_analytics(request: Request) -> Response:
+    """Multi-year figures (HR): now, or a job that computes them.
+    ---
+    parameters:
+      - name: fromYear
+        in: query
+        required: true
+        schema: {type: integer, minimum: 1000, maximum: 9999}
+      - name: toYear
+        in: query
+        required: true
+        schema: {type: integer, minimum: 1000, maximum: 9999}
+      - {name: department, in: query, schema: {type: string, maxLength: 100}}
+    responses:
+      "200": {$ref: "#/components/responses/OkAnalytics"}
+      "202": {$ref: "#/components/responses/Accepted"}
+    """
     user = await require_user(request, Role.HR_ADMIN, Role.ADMIN)
     scope = analytics.Scope.parse(request.query_params)
     figures, job = await run_in_threadpool(answer, scope, user.id)

@@ -203,6 +203,18 @@ async def receive_csv(request: Request, max_bytes: int, dest: Path) -> str:
 
 
 async def import_users(request: Request) -> Response:
+    """Import users from a CSV file (admin); see docs/IMPORT.md.
+    ---
+    requestBody:
+      required: true
+      content:
+        multipart/form-data:
+          schema:
+            type: object
+            required: [file]
+            properties: {file: {type: string, format: binary}}
+    responses: {"202": {$ref: "#/components/responses/Accepted"}}
+    """
     user = await require_user(request, Role.ADMIN)
     folder = settings.data_dir / imports.UPLOADS_DIR
     await run_in_threadpool(folder.mkdir, parents=True, exist_ok=True)
@@ -226,6 +238,13 @@ async def import_users(request: Request) -> Response:
 
 
 async def import_template(request: Request) -> Response:
+    """An empty import file with its header (admin).
+    ---
+    responses:
+      "200":
+        description: The CSV template, as an attachment.
+        content: {text/csv: {schema: {type: string}}}
+    """
     await require_user(request, Role.ADMIN)
     return Response(
         imports.TEMPLATE_CSV, media_type="text/csv; charset=utf-8",

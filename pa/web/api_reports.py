@@ -111,6 +111,20 @@ def start_report(user_id: int, year: int,
 
 
 async def create_report(request: Request) -> Response:
+    """Start a PDF report of a fiscal year, of one department or all (HR).
+    ---
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [fiscalYear]
+            properties:
+              fiscalYear: {type: integer}
+              department: {type: [string, "null"], maxLength: 100}
+    responses: {"202": {$ref: "#/components/responses/Accepted"}}
+    """
     user = await require_user(request, Role.HR_ADMIN, Role.ADMIN)
     body = await json_body(request)
     year = parse_fiscal_year(body.get("fiscalYear"))
@@ -137,7 +151,13 @@ def _with_scope(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def list_reports(request: Request) -> Response:
-    """The caller's report jobs (admins: everyone's), newest first, with their scope."""
+    """The caller's report jobs (admins: everyone's), newest first, with their scope (HR).
+
+    The caller's report jobs (admins: everyone's), newest first, with their scope.
+    ---
+    parameters: [{$ref: "#/components/parameters/limit"}]
+    responses: {"200": {$ref: "#/components/responses/OkReportJobs"}}
+    """
     user = await require_user(request, Role.HR_ADMIN, Role.ADMIN)
     limit = query_int(request, "limit", 50, minimum=1, maximum=500)
 
@@ -149,7 +169,14 @@ async def list_reports(request: Request) -> Response:
 
 
 async def list_departments(request: Request) -> Response:
-    """The departments that have reviews in `fiscalYear`, for the report form."""
+    """The departments that have reviews in `fiscalYear`, for the report form (HR).
+
+    The departments that have reviews in `fiscalYear`, for the report form.
+    ---
+    parameters:
+      - {name: fiscalYear, in: query, required: true, schema: {type: integer}}
+    responses: {"200": {$ref: "#/components/responses/OkDepartments"}}
+    """
     await require_user(request, Role.HR_ADMIN, Role.ADMIN)
     year = query_int(request, "fiscalYear", minimum=FIRST_YEAR, maximum=_last_year())
     if year is None:

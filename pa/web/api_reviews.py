@@ -14,6 +14,15 @@ from pa.web.responses import accepted, ok, query_int, query_str
 
 
 async def list_reviews(request: Request) -> Response:
+    """The reviews the caller may see.
+    ---
+    parameters:
+      - {name: fiscalYear, in: query, schema: {type: integer, minimum: 1900, maximum: 9999}}
+      - {name: status, in: query, schema: {enum: REVIEW_STATUSES}}
+      - {$ref: "#/components/parameters/limit"}
+      - {name: offset, in: query, schema: {type: integer, minimum: 0, default: 0}}
+    responses: {"200": {$ref: "#/components/responses/OkReviews"}}
+    """
     user = await require_user(request)
     fiscal_year = query_int(request, "fiscalYear", minimum=1900, maximum=9999)
     status = query_str(request, "status")
@@ -27,6 +36,11 @@ async def list_reviews(request: Request) -> Response:
 
 
 async def get_review(request: Request) -> Response:
+    """One review the caller may see.
+    ---
+    parameters: [{$ref: "#/components/parameters/reviewId"}]
+    responses: {"200": {$ref: "#/components/responses/OkReview"}}
+    """
     user = await require_user(request)
     review = await run_in_threadpool(
         reviews.get_review, user.id, user.role, request.path_params["review_id"]
@@ -35,8 +49,14 @@ async def get_review(request: Request) -> Response:
 
 
 async def submit_to_hr(request: Request) -> Response:
-    """The hot path: one transaction (on the loop when SQLite's write lock is
-    free), then the event and the enqueue in one Redis round trip."""
+    """Submit a review to HR; a job mails every hr_admin (the review's manager, or an admin).
+
+    The hot path: one transaction (on the loop when SQLite's write lock is
+    free), then the event and the enqueue in one Redis round trip.
+    ---
+    parameters: [{$ref: "#/components/parameters/reviewId"}]
+    responses: {"202": {$ref: "#/components/responses/Accepted"}}
+    """
     user = await require_user(request)
     review_id: int = request.path_params["review_id"]
     job = await run_db(reviews.record_submit_to_hr, user.id, user.role, review_id)

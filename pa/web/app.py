@@ -27,7 +27,7 @@ import pa.web
 from pa import db, runtime
 from pa.errors import PaError
 from pa.settings import Settings, current
-from pa.web import api, auth, hub, pages
+from pa.web import api, auth, hub, openapi, pages
 from pa.web.auth import HostCheckMiddleware, OriginCheckMiddleware, SecurityHeadersMiddleware
 from pa.web.offload import Dispatcher
 from pa.web.responses import error, from_error
@@ -108,6 +108,7 @@ def routes() -> list[BaseRoute]:
         api_routes.extend(importlib.import_module(name).routes)
     return [
         *api_routes,
+        openapi.route(api_routes),
         *hub.routes,
         *pages.routes,
         Mount("/static", StaticFiles(directory=ROOT / "static"), name="static"),

@@ -10,18 +10,34 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pa import db
 from pa.errors import Invalid, PaError, RateLimited, TooLarge
 
 #: the largest JSON body read (DESIGN.md, "Sessions and abuse")
 MAX_JSON_BYTES = 64 * 1024
 
 
-class IdConvertor(Convertor[int]):
-    """`{name:id}` in a route: a positive whole number of at most 18 digits. (A
-    longer one matches no route, a 404, where Starlette's `int` raised a 500 past
-    Python's 4,300-digit limit of int().)"""
+def _any(n: int) -> str:
+    return f"[0-9]{{{n}}}" if n else ""
 
-    regex = "[0-9]{1,18}"
+
+def at_most(limit: int) -> str:
+    """A regex of the whole numbers from 0 to `limit` (each written with at most
+    as many digits as `limit`)."""
+    digits = str(limit)
+    shorter = [f"[0-9]{{1,{len(digits) - 1}}}"] if len(digits) > 1 else []
+    # Same length: the first i digits of limit, then a smaller digit, then any.
+    same = [f"{digits[:i]}[0-{int(d) - 1}]" + _any(len(digits) - i - 1)
+            for i, d in enumerate(digits) if d != "0"]
+    return "(?:" + "|".join([*shorter, *same, digits]) + ")"
+
+
+class IdConvertor(Convertor[int]):
+    """`{name:id}` in a route: a whole number a row's id can be (up to db.MAX_ID).
+    Another matches no route: a 404, where Starlette's `int` raised a 500 past
+    Python's 4,300-digit limit of int(), and PostgreSQL one past its integer's range."""
+
+    regex = at_most(db.MAX_ID)
 
     def convert(self, value: str) -> int:
         return int(value)
