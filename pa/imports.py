@@ -192,6 +192,9 @@ def check_row(line: int, fields: list[str], cols: dict[str, int],
     if len(fields) != width:
         return Rejection(line, raw_email,
                          f"The line has {len(fields)} fields; the header has {width}.")
+    if any("\x00" in field for field in fields):
+        # (PostgreSQL's text cannot hold one.)
+        return Rejection(line, raw_email.replace("\x00", ""), "The line holds a NUL character.")
     name = fields[cols["name"]].strip()
     role_text = fields[cols["role"]].strip()
     department = fields[cols["department"]].strip()

@@ -189,14 +189,15 @@ def test_invalid_lines_are_reported_and_valid_ones_still_imported(consumer):
         "loopa@example.com,Loop A,manager,Eng,loopb@example.com",      # 11
         "loopb@example.com,Loop B,manager,Eng,loopa@example.com",      # 12
         "ok2@example.com,Ok Two,employee,,ok1@example.com",            # 13
+        "nul@example.com,N\x00L,employee,Eng,",                         # 14
     )
     # When
     job = run_import(content)
     # Then
     result = job["result"]
-    assert (result["created"], result["updated"], result["rejected"]) == (2, 0, 10)
+    assert (result["created"], result["updated"], result["rejected"]) == (2, 0, 11)
     errors = {e["line"]: (e["email"], e["message"]) for e in result["errors"]}
-    assert sorted(errors) == list(range(3, 13))
+    assert sorted(errors) == [*range(3, 13), 14]
     expected = {
         3: ("not-an-email", "Email is not valid: An email address must have an @-sign."),
         4: ("boss4@example.com", "Role 'boss' is not one of employee, manager, hr_admin, admin."),
@@ -207,6 +208,7 @@ def test_invalid_lines_are_reported_and_valid_ones_still_imported(consumer):
         8: ("self@example.com", "A user cannot be their own manager."),
         9: ("report@example.com", "Manager boss4@example.com is on line 4, which was rejected."),
         10: ("short@example.com", "The line has 3 fields; the header has 5."),
+        14: ("nul@example.com", "The line holds a NUL character."),  # (PostgreSQL's text)
     }
     for line, (email, message) in expected.items():
         assert errors[line] == (email, message), line

@@ -81,6 +81,19 @@ def test_an_id_of_thousands_of_digits_or_past_the_database_integer_is_a_404(
     _error(r, 404, "not_found")
 
 
+def test_a_nul_character_in_a_body_path_or_query_is_a_400(client: TestClient) -> None:
+    # PostgreSQL's text cannot hold NUL: each of these was a 500 there (the fuzz found
+    # the login's).
+    _error(client.post("/api/session", json={"email": "a\u0000@x", "password": "p"}),
+           400, "invalid")
+    login(client, user_with_password(Role.ADMIN))
+    _error(client.post("/api/reports", json={"fiscalYear": 2026, "department": "E\u0000"}),
+           400, "invalid")
+    _error(client.get("/api/jobs/a%00b"), 400, "invalid")
+    _error(client.get("/api/analytics?fromYear=2025&toYear=2026&department=%00"),
+           400, "invalid")
+
+
 def test_duplicate_authorization_or_origin_headers_are_refused(client: TestClient) -> None:
     login(client, user_with_password(Role.MANAGER))
     for name, values in (("Authorization", ["Bearer a", "Bearer b"]),

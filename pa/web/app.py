@@ -28,7 +28,12 @@ from pa import db, runtime
 from pa.errors import PaError
 from pa.settings import Settings, current
 from pa.web import api, auth, hub, openapi, pages
-from pa.web.auth import HostCheckMiddleware, OriginCheckMiddleware, SecurityHeadersMiddleware
+from pa.web.auth import (
+    HostCheckMiddleware,
+    NulCheckMiddleware,
+    OriginCheckMiddleware,
+    SecurityHeadersMiddleware,
+)
 from pa.web.offload import Dispatcher
 from pa.web.responses import error, from_error
 
@@ -141,6 +146,7 @@ def create_app(config: Settings | None = None, *,
         middleware=[
             Middleware(SecurityHeadersMiddleware),
             Middleware(HostCheckMiddleware, host=config.public_host),
+            Middleware(NulCheckMiddleware),
             Middleware(OriginCheckMiddleware, allowed_origins=config.allowed_origins,
                        public_url=config.public_url),
             Middleware(SessionMiddleware, secret_key=config.secret_key,

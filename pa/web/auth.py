@@ -266,6 +266,22 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class NulCheckMiddleware:
+    """400 for a path or query with a NUL character (%00): PostgreSQL's text cannot
+    hold one, and a query with it fails (the API's JSON bodies: responses.json_body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+                "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")):
+            await error("invalid", "The request's path or query holds a NUL character.",
+                        400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class OriginCheckMiddleware:
     """403 for a cookie-authenticated state change or a WebSocket from a foreign Origin."""
 

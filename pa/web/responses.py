@@ -90,9 +90,9 @@ def from_error(exc: PaError) -> Response:
     return error(exc.code, exc.message, exc.status, exc.field, headers=headers)
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request, *, optional: bool = False) -> dict[str, Any]:
     """The request's JSON object, or Invalid; TooLarge past MAX_JSON_BYTES, before
-    more than that is read."""
+    more than that is read. With `optional`, no body at all reads as {}."""
     too_large = TooLarge(f"The request body is larger than {MAX_JSON_BYTES // 1024} KiB.")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
@@ -102,13 +102,34 @@ async def json_body(request: Request) -> dict[str, Any]:
         raw += chunk
         if len(raw) > MAX_JSON_BYTES:
             raise too_large
+    if optional and not raw.strip():
+        return {}
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # (200,000 '[' recurse)
         raise Invalid("The request body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise Invalid("The request body must be a JSON object.")
+    if _holds_nul(body):
+        raise Invalid("The request body holds a NUL character (\\u0000).")
     return body
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a JSON value has a string (or key) with a NUL: PostgreSQL's text
+    cannot hold one. (A loop, not recursion: the value may nest deep.)"""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def query_str(request: Request, name: str) -> str | None:
