@@ -286,4 +286,5 @@ def test_backup_routes_are_for_admins_and_serve_only_backups(consumer):
                     "..%2Fpa-backup-20200101T000000Z.sqlite.gz", "%2e%2e", "..",
                     f"{name}%00", f"{name}/x"):
             refused = client.get(f"/api/admin/backups/{bad}")
-            assert refused.status_code == 404, (bad, refused.text)
+            # (a NUL is refused before routing, as in any path: 400)
+            assert refused.status_code == (400 if "%00" in bad else 404), (bad, refused.text)
