@@ -16,8 +16,12 @@ from huey.consumer_options import ConsumerConfig, OptionParserHandler
 
 def main(argv: list[str] | None = None) -> int:
     parser = OptionParserHandler().get_option_parser()
-    parser.usage = "python run_consumer.py [options]   (huey_consumer's options)"
+    parser.usage = ("python run_consumer.py [options]   (huey_consumer's options, and "
+                    "--metrics-port)")
+    parser.add_option("--metrics-port", type="int", dest="metrics_port", metavar="PORT",
+                      help="serve Prometheus metrics on PA_METRICS_HOST (127.0.0.1):PORT")
     options, args = parser.parse_args(argv)
+    metrics_port = options.__dict__.pop("metrics_port", None)
     if args:
         parser.error(f"unexpected arguments {args}: the Huey instance is always pa's")
 
@@ -53,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     from pa.worker import Maintenance, create_consumer
 
     consumer = create_consumer(settings, **config.values)
-    maintenance = Maintenance()
+    if metrics_port:
+        from pa.metrics import serve_consumer_metrics
+
+        serve_consumer_metrics(metrics_port)
+    maintenance = Maintenance(workers=config.workers)
     maintenance.start()
     try:
         consumer.run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -367,3 +368,19 @@ def restore_backup(args: argparse.Namespace) -> None:
 
     restore(Path(args.file))
     print(f"Restored {args.file} into {_db_name()}.")
+
+
+@command(
+    "status",
+    "what the queues, consumers and job types are doing now (the operators' overview)",
+    arg("--json", action="store_true", help="print GET /api/ops/overview's data as JSON"),
+)
+def status(args: argparse.Namespace) -> None:
+    from pa import ops
+
+    _require_schema()
+    overview = ops.overview()
+    if args.json:
+        print(json.dumps(overview, indent=2))
+        return
+    print(ops.format_overview(overview))

@@ -51,6 +51,12 @@ def logins_end_event(user_id: int) -> str:
                       separators=(",", ":"))
 
 
+def ops_event() -> str:
+    """The message sent when an operator changed what the console shows (a type
+    paused or resumed): web processes push a fresh overview to admins' sockets."""
+    return json.dumps({"type": "ops_changed"}, separators=(",", ":"))
+
+
 def session_end_event(session_id: str) -> str:
     """The message sent when a login ends: web processes close its sockets."""
     return json.dumps({"type": "session_end", "data": {"sid": session_id}},

@@ -1,5 +1,6 @@
-"""Who this consumer is, and proof that it is alive: a Redis key with a TTL, and
-a stamp on the rows of the jobs it runs."""
+"""Who this consumer is, and proof that it is alive: a Redis key with a TTL, a
+stamp on the rows of the jobs it runs, and its row in `consumers` (host, pid,
+workers, last seen, jobs run) for the operators' console."""
 
 from __future__ import annotations
 
@@ -8,21 +9,27 @@ import os
 import socket
 import threading
 import uuid
+from typing import cast
 
 import redis
-from sqlalchemy import update
+from sqlalchemy import Table, delete, insert, update
 
 from pa import db
 from pa.events import key
-from pa.models import Job, JobStatus
+from pa.models import ConsumerProcess, Job, JobStatus
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+consumers_table = cast(Table, ConsumerProcess.__table__)
 #: ids of the jobs this process is running now
 running: set[str] = set()
+#: this process's consumer threads, as its row in `consumers` says (announce())
+_workers = [1]
+#: attempts this process has run, since it started
+_ran = [0]
 
 
 def _worker_key(worker_id: str) -> str:
@@ -46,6 +53,8 @@ def worker_id() -> str:
             running.clear()
             _state["pid"] = os.getpid()
             _state["id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            _state["started_at"] = db.utcnow()
+            _ran[0] = 0
             stop = threading.Event()
             _state["stop"] = stop
             beat()
@@ -53,6 +62,30 @@ def worker_id() -> str:
                                       name="pa-heartbeat")
             thread.start()
         return str(_state["id"])
+
+
+def announce(workers: int) -> None:
+    """Say how many consumer threads this process runs (before worker_id())."""
+    _workers[0] = workers
+
+
+def ran_one() -> None:
+    """Count an attempt this process ran (the console's `processed`)."""
+    with _lock:
+        _ran[0] += 1
+
+
+def _record_consumer(wid: str) -> None:
+    """This consumer's row in `consumers`: made on the first beat, then refreshed."""
+    table = consumers_table
+    now = db.utcnow()
+    seen = {"last_seen_at": now, "processed": _ran[0], "workers": _workers[0]}
+    with db.begin() as conn:
+        if conn.execute(update(table).where(table.c.id == wid).values(**seen)).rowcount:
+            return
+        conn.execute(insert(table).values(
+            id=wid, host=socket.gethostname(), pid=os.getpid(),
+            started_at=_state.get("started_at", now), **seen))
 
 
 def beat() -> None:
@@ -66,6 +99,10 @@ def beat() -> None:
             _redis().set(_worker_key(wid), "1", ex=settings.worker_ttl)
         except redis.RedisError as exc:
             log.warning("heartbeat not written to Redis: %s", exc)
+    try:
+        _record_consumer(wid)
+    except Exception as exc:
+        log.warning("heartbeat not recorded in the database: %s", exc)
     ids = list(running)
     if ids:
         try:
@@ -120,6 +157,14 @@ def stop() -> None:
                 _redis().delete(_worker_key(str(_state["id"])))
             except redis.RedisError:
                 pass
+        if "id" in _state:
+            # A consumer that stopped is gone, not silent: the console drops it.
+            try:
+                with db.begin() as conn:
+                    table = consumers_table
+                    conn.execute(delete(table).where(table.c.id == str(_state["id"])))
+            except Exception as exc:
+                log.warning("consumer row not removed: %s", exc)
         # The next worker_id() in this process starts a new identity and heartbeat.
         _state.clear()
         running.clear()

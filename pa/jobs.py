@@ -19,6 +19,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    exists,
     insert,
     literal,
     or_,
@@ -28,13 +29,14 @@ from sqlalchemy import (
 
 from pa import db, events, queue
 from pa.errors import Conflict, Invalid, NotFound
-from pa.models import FINAL_STATUSES, Job, JobStatus, Role
+from pa.models import FINAL_STATUSES, Job, JobStatus, PausedType, Role
 from pa.queue import JOB_SPECS, EventCarryingStorage, JobType, add_commands
 
 log = logging.getLogger(__name__)
 
 #: the jobs table for Core statements (the ORM model types it loosely)
 jobs_table = cast(Table, Job.__table__)
+paused_table = cast(Table, PausedType.__table__)
 _ALL = tuple(jobs_table.c)
 _FINAL = tuple(s.value for s in FINAL_STATUSES)
 # Built once and run with a parameter dict: building (and cache-keying) an INSERT
@@ -46,20 +48,19 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
+def progress_dict(current: int | None, total: int | None,
+                  message: str | None) -> dict[str, Any] | None:
+    """A job's `progress`: null until its running attempt reports any."""
+    if current is None and total is None and not message:
+        return None
+    percent = round(min(100.0, 100.0 * (current or 0) / total), 1) if total else None
+    return {"current": current, "total": total, "percent": percent, "message": message}
+
+
 def job_to_dict(row: RowMapping | Mapping[str, Any]) -> dict[str, Any]:
     """The Job object of the API and of events (camelCase)."""
-    current, total = row["progress_current"], row["progress_total"]
-    progress = None
-    if current is not None or total is not None or row["progress_message"]:
-        percent = None
-        if total:
-            percent = round(min(100.0, 100.0 * (current or 0) / total), 1)
-        progress = {
-            "current": current,
-            "total": total,
-            "percent": percent,
-            "message": row["progress_message"],
-        }
+    progress = progress_dict(row["progress_current"], row["progress_total"],
+                             row["progress_message"])
     has_file = row["result_file"] is not None and row["status"] == JobStatus.COMPLETED.value
     return {
         "id": row["id"],
@@ -331,7 +332,9 @@ def _claim_statement() -> Any:
     return (
         update(jobs_table)
         .where(c.id == bindparam("c_id"), c.status == JobStatus.PENDING.value,
-               or_(c.run_after.is_(None), c.run_after <= now))
+               or_(c.run_after.is_(None), c.run_after <= now),
+               # A paused type's job stays pending; resuming the type queues it again.
+               ~exists().where(paused_table.c.type == c.type))
         .values(status=JobStatus.PROCESSING.value, attempts=c.attempts + 1,
                 worker_id=bindparam("c_worker"), heartbeat_at=now, started_at=now,
                 updated_at=now, run_after=None, version=c.version + 1,
@@ -481,8 +484,24 @@ def cancel(job_id: str, user_id: int, role: Role) -> dict[str, Any]:
 def retry(job_id: str, user_id: int, role: Role) -> dict[str, Any]:
     """Send a failed or cancelled job back to pending and enqueue it; 409 otherwise."""
     row = _visible_row(job_id, user_id, role)
+    job = _retry(row)
+    if job is None:
+        current = load_row(job_id)
+        status = current["status"] if current else "gone"
+        raise Conflict(f"Job {job_id} is {status}; only failed or cancelled jobs can be retried.")
+    return job
+
+
+def retry_as_operator(job_id: str) -> dict[str, Any] | None:
+    """retry() for an admin's bulk retry: None when the job is gone or no longer
+    failed or cancelled (someone else retried it first)."""
+    row = load_row(job_id)
+    return _retry(row) if row is not None else None
+
+
+def _retry(row: Mapping[str, Any]) -> dict[str, Any] | None:
     job = change(
-        job_id,
+        row["id"],
         {
             "status": JobStatus.PENDING.value,
             "cancel_requested": False,
@@ -493,9 +512,6 @@ def retry(job_id: str, user_id: int, role: Role) -> dict[str, Any]:
         },
         expect_status=(JobStatus.FAILED.value, JobStatus.CANCELLED.value),
     )
-    if job is None:
-        current = load_row(job_id)
-        status = current["status"] if current else "gone"
-        raise Conflict(f"Job {job_id} is {status}; only failed or cancelled jobs can be retried.")
-    enqueue(job_id, job["priority"])
+    if job is not None:
+        enqueue(job["id"], job["priority"])
     return job

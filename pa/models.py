@@ -1,4 +1,5 @@
-"""The tables: User, Review, Job, ApiToken, FiscalYear, LoginFailure..., and their enums."""
+"""The tables: User, Review, Job, ApiToken, FiscalYear, LoginFailure, PausedType,
+ConsumerProcess..., and their enums."""
 
 from __future__ import annotations
 
@@ -235,3 +236,29 @@ class AnalyticsCache(Base):
     figures: Mapped[dict[str, Any]] = mapped_column(JSON)
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
+
+
+class PausedType(Base):
+    """A job type an operator paused: its jobs stay pending, claimed by no consumer,
+    until the row is deleted (resume)."""
+
+    __tablename__ = "paused_types"
+
+    type: Mapped[str] = mapped_column(String(40), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ConsumerProcess(Base):
+    """A consumer process, as its heartbeat last wrote it (the operators' console
+    lists it; one whose `last_seen_at` is old went silent)."""
+
+    __tablename__ = "consumers"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    workers: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: jobs this process has run to an end (completed, failed, cancelled)
+    processed: Mapped[int] = mapped_column(Integer, default=0)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import pa.tasks  # noqa: F401  (registers every handler; task code loads in the consumer only)
-from pa import db, heartbeat, jobs
+from pa import db, heartbeat, jobs, metrics
 from pa.errors import JobCancelled, JobLost, JobTimedOut, PermanentJobError
 from pa.handlers import HANDLERS, Handler, JobContext
 from pa.models import JobStatus
@@ -39,23 +40,32 @@ def execute(job_id: str) -> None:
     wid = heartbeat.worker_id()
     row = jobs.claim(job_id, wid)
     if row is None:
-        log.info("job %s is not pending; delivery ignored", job_id)
+        log.info("job %s is not pending (or its type is paused); delivery ignored", job_id)
         return
     ctx = JobContext(row, wid)
     heartbeat.running.add(job_id)
+    started = time.monotonic()
+    ended: str | None = None
     try:
-        _run(ctx, row, HANDLERS[ctx.type])
+        ended = _run(ctx, row, HANDLERS[ctx.type])
     finally:
         heartbeat.running.discard(job_id)
+        heartbeat.ran_one()
+        first = row["attempts"] == 1
+        metrics.attempt_ended(
+            ctx.type.value, ended or "lost", time.monotonic() - started,
+            (row["started_at"] - row["created_at"]).total_seconds() if first else None)
 
 
-def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
+def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> str | None:
+    """Run the handler and record how the attempt ended; that status (None when
+    the job was taken over)."""
     owner = ctx._owner
     try:
         result = handler(ctx)
     except JobLost:
         log.warning("job %s was taken over by the reaper; this run stops", ctx.job_id)
-        return
+        return None
     except JobCancelled:
         jobs.change(
             ctx.job_id,
@@ -63,12 +73,11 @@ def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
              "worker_id": None},
             expect=owner, last=True,
         )
-        return
+        return JobStatus.CANCELLED.value
     except Exception as exc:
         # (BaseException, e.g. an interrupted process worker, is not a failure:
         # the consumer's interrupted-task handler puts the job back in the queue.)
-        _failed(ctx, row, exc)
-        return
+        return _failed(ctx, row, exc)
     jobs.change(
         ctx.job_id,
         {
@@ -82,9 +91,10 @@ def _run(ctx: JobContext, row: Mapping[str, Any], handler: Handler) -> None:
         },
         expect=owner, last=True,
     )
+    return JobStatus.COMPLETED.value
 
 
-def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception) -> None:
+def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception) -> str:
     incident = uuid.uuid4().hex[:12]
     error = _describe(exc, incident)
     retryable = not isinstance(exc, PermanentJobError)
@@ -102,10 +112,11 @@ def _failed(ctx: JobContext, row: Mapping[str, Any], exc: Exception) -> None:
         )
         if job is not None:
             jobs.enqueue(ctx.job_id, row["priority"], delay=delay)
-        return
+        return JobStatus.PENDING.value
     jobs.change(
         ctx.job_id,
         {"status": JobStatus.FAILED.value, "error": error, "completed_at": db.utcnow(),
          "worker_id": None},
         expect=ctx._owner, last=True,
     )
+    return JobStatus.FAILED.value

@@ -35,6 +35,10 @@ class Settings:
     allowed_origins: tuple[str, ...]
     #: the app's public origin (scheme://host[:port], normalized), or None
     public_url: str | None
+    #: GET /metrics needs `Authorization: Bearer <it>` when set
+    metrics_token: str | None
+    #: where a consumer's --metrics-port listens
+    metrics_host: str
     # Not in DESIGN.md's table: operational knobs of the recovery path (see OPERATIONS.md).
     worker_ttl: int
     reaper_interval: int
@@ -138,6 +142,8 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
             )
         ),
         public_url=_public_url(config("PA_PUBLIC_URL", default=None)),
+        metrics_token=config("PA_METRICS_TOKEN", default=None) or None,
+        metrics_host=config("PA_METRICS_HOST", default="127.0.0.1"),
         # A SIGKILLed consumer's jobs are back in the queue after at most the TTL
         # plus one reaper interval (15 s): DESIGN.md's recovery times ask for 30 s.
         worker_ttl=config("PA_WORKER_TTL", cast=int, default=10),

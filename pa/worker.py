@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from huey.consumer import Consumer
 from huey.signals import SIGNAL_INTERRUPTED
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from pa import db, events, heartbeat, jobs, queue, retention, runner, runtime
 from pa.events import key
@@ -38,6 +38,8 @@ FULL_CHECK_INTERVAL = 30
 PRUNE_INTERVAL = 3600
 
 
+#: a consumer silent for this long leaves the operators' console
+FORGET_SILENT = timedelta(hours=1)
 #: seconds before an interrupted job may run again (see requeue_interrupted)
 INTERRUPTED_REQUEUE_DELAY = 1.0
 
@@ -114,7 +116,9 @@ def _lost_pending(now: datetime, grace: float, interval: float) -> list[Any]:
     """
     c = Job.__table__.c
     since = func.coalesce(c.run_after, c.updated_at)
-    conditions = [c.status == JobStatus.PENDING.value, since < now - timedelta(seconds=grace)]
+    conditions = [c.status == JobStatus.PENDING.value, since < now - timedelta(seconds=grace),
+                  # (consumers drop a paused type's jobs; resuming it queues them again)
+                  c.type.not_in(select(jobs.paused_table.c.type))]
     if not _acquire_lock(FULL_CHECK_KEY, FULL_CHECK_INTERVAL):
         # Two intervals wide: a run that comes late misses none.
         conditions.append(since >= now - timedelta(seconds=grace + 2 * interval))
@@ -132,6 +136,7 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
     if lock and not _acquire_lock(REAPER_LOCK, max(1, interval - 1)):
         return counts
     now = db.utcnow()
+    forget_silent_consumers(now)
     # A consumer is lost when its key has expired and its rows' stamps are older
     # than the key's TTL (a Redis that restarted empty forgot the keys of live
     # consumers, whose stamps are fresh), or when its stamps stopped long ago.
@@ -181,15 +186,24 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
     return counts
 
 
+def forget_silent_consumers(now: datetime) -> None:
+    """Drop the rows of consumers silent for an hour (killed, never to return)."""
+    table = heartbeat.consumers_table
+    with db.begin() as conn:
+        conn.execute(delete(table).where(table.c.last_seen_at < now - FORGET_SILENT))
+
+
 class Maintenance:
     """Heartbeat and reaper of one consumer process: at start, then every interval."""
 
-    def __init__(self, interval: float | None = None) -> None:
+    def __init__(self, interval: float | None = None, *, workers: int = 1) -> None:
         self.interval = float(interval or settings.reaper_interval)
+        self.workers = workers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="pa-reaper")
 
     def start(self) -> None:
+        heartbeat.announce(self.workers)
         heartbeat.worker_id()
         self._thread.start()
 
@@ -260,7 +274,7 @@ def start_embedded(workers: int = 2, config: Settings | None = None,
     options.setdefault("max_delay", 1.0)
     huey = consumer_huey(config)
     consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", **options)
-    maintenance = Maintenance()
+    maintenance = Maintenance(workers=workers)
     maintenance.start()
     consumer.start()
     return consumer, maintenance

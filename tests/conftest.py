@@ -94,6 +94,9 @@ def clean_state(redis_server: RedisServer, smtp_server: SmtpServer) -> Iterator[
     client.flushall()
     client.close()
     smtp_server.handler.reset()
+    from pa import ops
+
+    ops.forget_queue_state()  # (an estimate is reused for a second)
     yield
 
 

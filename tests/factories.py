@@ -84,7 +84,7 @@ def make_database_the_old_way(url: str, *, lacking: tuple[str, ...] = ()) -> Non
 #: columns the models have that migrations after the baseline (0001) added
 ADDED_BY_MIGRATIONS = (("users", "logins_from"), ("users", "disabled_at"))
 #: tables that migrations after the baseline created
-TABLES_ADDED_BY_MIGRATIONS = ("login_failures",)
+TABLES_ADDED_BY_MIGRATIONS = ("login_failures", "paused_types", "consumers")
 
 
 def make_token(user: User) -> str:

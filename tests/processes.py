@@ -30,11 +30,12 @@ class ConsumerProcess:
     """One `run_consumer.py` process; its output goes to a file for debugging."""
 
     def __init__(self, log_path: Path, env: dict[str, str], worker_type: str = "thread",
-                 workers: int = 2) -> None:
+                 workers: int = 2, *extra_args: str) -> None:
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "run_consumer.py", "-w", str(workers), "-k", worker_type],
+            [sys.executable, "run_consumer.py", "-w", str(workers), "-k", worker_type,
+             *extra_args],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 

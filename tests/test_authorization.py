@@ -104,6 +104,10 @@ ROWS = [
     Row("GET /api/admin/backups", "", _same(403, 403, 403, 200)),
     Row("POST /api/admin/backups", "", _same(403, 403, 403, 202)),
     Row("GET /api/admin/backups/{name}", "backup", _same(403, 403, 403, 200)),
+    Row("GET /api/ops/overview", "", _same(403, 403, 403, 200)),
+    Row("POST /api/ops/types/{type}/pause", "", _same(403, 403, 403, 200)),
+    Row("POST /api/ops/types/{type}/resume", "", _same(403, 403, 403, 200)),
+    Row("POST /api/ops/retry-failed", "", _same(403, 403, 403, 200)),
     Row("GET /healthz", "", _same(200, 200, 200, 200)),
     Row("GET /openapi.json", "", _same(200, 200, 200, 200)),
 ]
@@ -147,7 +151,7 @@ def _world(row: Row, scenario: str, role: Role) -> World:
     demoted = scenario == "demoted"
     caller = user_with_password(A if demoted else role)
     token = make_token(caller)
-    world = World(caller, token, {})
+    world = World(caller, token, {"type": JobType.GENERATE_REPORT.value})
     kind = row.kind.split(":")
     if kind[0] == "job":
         job_type = JobType.GENERATE_REPORT if kind[-1] == "report" else OWN_TYPE[role]

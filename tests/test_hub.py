@@ -23,6 +23,7 @@ from tests.web_fixtures import (
     live_server,
     next_message,
     open_socket,
+    plain,
     read_until,
     user_with_password,
 )
@@ -86,7 +87,9 @@ def test_a_bearer_token_opens_a_socket_and_the_snapshot_comes_first(
         try:
             # Then
             first = await next_message(ws)
-            assert first == {"type": "snapshot", "data": {"jobs": [pending]}}
+            assert first["type"] == "snapshot"
+            assert [plain(j) for j in first["data"]["jobs"]] == [pending]
+            assert first["data"]["jobs"][0]["queue"]["ahead"] == 0
             changed = await asyncio.to_thread(jobs.cancel, pending["id"], user.id,
                                             Role.MANAGER)
             assert await next_message(ws) == {"type": "job", "data": changed}
@@ -247,7 +250,8 @@ def test_the_hub_comes_back_after_redis_restarts(server: LiveServer,
             await asyncio.to_thread(redis_server.start)
             # Then: a fresh snapshot heals what was missed
             await read_until(
-                ws, lambda m: _is_snapshot(m) and m["data"]["jobs"] == [missed],
+                ws, lambda m: _is_snapshot(m)
+                and [plain(j) for j in m["data"]["jobs"]] == [missed],
                 timeout=30, what="a snapshot after the outage")
             await asyncio.to_thread(wait_for, lambda: server.hub.subscribed,
                                     message="the hub to subscribe again")

@@ -50,6 +50,13 @@ def app_client(**options: Any) -> Iterator[TestClient]:
         yield client
 
 
+def plain(job: dict[str, Any]) -> dict[str, Any]:
+    """A Job object of the API or a snapshot without what only they add (`paused`,
+    `queue`: pa.ops.annotate), to compare with a job's events."""
+    assert "queue" in job and "paused" in job, job
+    return {k: v for k, v in job.items() if k not in ("paused", "queue")}
+
+
 def error_of(r: Any, status: int, code: str) -> dict[str, Any]:
     """The error of an answer that must be the envelope with `status` and `code`."""
     assert r.status_code == status, r.text

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pa import db, events, jobs
+from pa import db, events, jobs, ops
 from pa.errors import Invalid, NotFound, Unauthorized
 from pa.settings import settings
 from pa.web.auth import (
@@ -135,10 +135,11 @@ async def list_jobs(request: Request) -> Response:
     status = query_str(request, "status")
     job_type = query_str(request, "type")
     limit = query_int(request, "limit", 50, minimum=1, maximum=500)
-    data = await run_in_threadpool(
-        jobs.list_jobs, user.id, user.role, status=status, job_type=job_type, limit=limit
-    )
-    return ok(data)
+    def read() -> list[dict[str, Any]]:
+        return ops.annotate(jobs.list_jobs(user.id, user.role, status=status,
+                                           job_type=job_type, limit=limit))
+
+    return ok(await run_in_threadpool(read))
 
 
 async def get_job(request: Request) -> Response:
@@ -150,7 +151,7 @@ async def get_job(request: Request) -> Response:
     user = await require_user(request)
     job = await run_in_threadpool(jobs.get, request.path_params["job_id"], user.id,
                                   user.role)
-    return ok(job)
+    return ok((await run_in_threadpool(ops.annotate, [job]))[0])
 
 
 async def cancel_job(request: Request) -> Response:

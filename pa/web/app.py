@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 import pa.web
-from pa import db, runtime
+from pa import db, metrics, runtime
 from pa.errors import PaError
 from pa.settings import Settings, current
 from pa.web import api, auth, hub, openapi, pages
@@ -141,9 +141,12 @@ def create_app(config: Settings | None = None, *,
             await event_hub.stop()
             await db.close_on_loop()
 
+    app_routes = routes()
+    web_metrics = metrics.WebMetrics(app_routes, event_hub.count, config.metrics_token)
     app = Starlette(
-        routes=routes(),
+        routes=app_routes,
         middleware=[
+            Middleware(metrics.MetricsMiddleware, metrics=web_metrics),
             Middleware(SecurityHeadersMiddleware),
             Middleware(HostCheckMiddleware, host=config.public_host),
             Middleware(NulCheckMiddleware),
@@ -166,4 +169,5 @@ def create_app(config: Settings | None = None, *,
     app.state.dispatcher = dispatcher
     app.state.password_checks = asyncio.Semaphore(api.PASSWORD_CHECKS)
     app.state.settings = config
+    app.state.metrics = web_metrics
     return app

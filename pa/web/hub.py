@@ -6,6 +6,11 @@ A socket whose queue is full (a slow browser) loses its backlog and gets a fresh
 snapshot instead, so it never holds up the others; every socket gets a snapshot
 again after the subscription comes back from an outage.
 
+Admins' sockets also get the operators' overview (`{"type": "ops"}`), built once
+per web process for all of them: at most once a second while jobs change (or an
+operator paused or resumed a type), and every OPS_IDLE seconds otherwise (a
+consumer that went silent changes nothing else).
+
 `/ws` authenticates like the API. A handshake without a signed-in user is
 accepted and then closed with code 4401, because a browser can read a close code
 but not the status of a refused handshake: the page goes to /login on 4401 and
@@ -20,6 +25,7 @@ import contextlib
 import enum
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -27,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from pa import events, jobs
+from pa import events, jobs, ops
 from pa.models import Role
 from pa.web.auth import current_user, session_id
 
@@ -43,6 +49,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_ROLE_CHANGED = 4409
 #: close code when the server stops (1001: going away)
 CLOSE_GOING_AWAY = 1001
+#: seconds between overviews for admins while something changes, and at most between two
+OPS_INTERVAL, OPS_IDLE = 1.0, 5.0
 
 
 class Signal(enum.Enum):
@@ -92,9 +100,14 @@ class Subscriber:
 class Hub:
     """One subscription to `pa.events.bus()`, many subscribers."""
 
-    def __init__(self, bus: events.Bus | None = None, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(self, bus: events.Bus | None = None, queue_size: int = QUEUE_SIZE,
+                 overview: Callable[[], dict[str, Any]] = ops.overview) -> None:
         self._bus = bus
         self.queue_size = queue_size
+        self._overview = overview
+        #: something the overview shows changed since it was last sent
+        self.ops_dirty = True
+        self._ops_task: asyncio.Task[None] | None = None
         self._by_user: dict[int, set[Subscriber]] = {}
         self._admins: set[Subscriber] = set()
         self._by_session: dict[str, set[Subscriber]] = {}
@@ -107,12 +120,16 @@ class Hub:
         """Subscribe in a background task (it retries by itself)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="pa-hub")
+            self._ops_task = asyncio.create_task(self._ops_loop(), name="pa-hub-ops")
 
     async def stop(self) -> None:
         """Unsubscribe, and tell every socket to close."""
         task, self._task = self._task, None
         if task is not None:
             await _cancel(task)
+        ops_task, self._ops_task = self._ops_task, None
+        if ops_task is not None:
+            await _cancel(ops_task)
         for sub in self._subscribers():
             sub.replace_backlog(Signal.CLOSE)
         self._by_user.clear()
@@ -129,6 +146,7 @@ class Hub:
             self._by_session.setdefault(session_id, set()).add(sub)
         if is_admin:
             self._admins.add(sub)
+            self.ops_dirty = True  # (it gets an overview within a second)
         else:
             self._by_user.setdefault(user_id, set()).add(sub)
         return sub
@@ -160,6 +178,9 @@ class Hub:
                 return
             if event["type"] == "role_change":
                 self.close_user(event["data"]["userId"], Signal.ROLE_CHANGED)
+                return
+            self.ops_dirty = True
+            if event["type"] == "ops_changed":
                 return
             owner, job_type = event["data"]["userId"], event["data"]["type"]
         except (ValueError, KeyError, TypeError):
@@ -216,6 +237,24 @@ class Hub:
             self._delay = min(self._delay * 2, RETRY_MAX)
 
 
+    async def _ops_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        sent_at = -OPS_IDLE
+        while True:
+            await asyncio.sleep(OPS_INTERVAL)
+            if not self._admins or not (self.ops_dirty or loop.time() - sent_at >= OPS_IDLE):
+                continue
+            self.ops_dirty, sent_at = False, loop.time()
+            try:
+                data = await run_in_threadpool(self._overview)
+            except Exception as exc:
+                log.warning("operators' overview not built (%s)", exc)
+                continue
+            text = json.dumps({"type": "ops", "data": data}, separators=(",", ":"))
+            for sub in self._admins:
+                sub.offer(text)
+
+
 def _discard(index: dict[Any, set[Subscriber]], key: Any, sub: Subscriber) -> None:
     subs = index.get(key)
     if subs is not None:
@@ -243,6 +282,10 @@ async def _cancel(task: asyncio.Task[None], timeout: float = 5.0) -> None:
         log.error("the event subscription failed", exc_info=task.exception())
 
 
+def _snapshot(user_id: int, role: Role) -> list[dict[str, Any]]:
+    return ops.annotate(jobs.snapshot(user_id, role))
+
+
 async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
                      role: Role) -> None:
     while True:
@@ -257,7 +300,7 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
             await websocket.close(CLOSE_ROLE_CHANGED, "Your role changed.")
             return
         if item is Signal.SNAPSHOT:
-            snapshot = await run_in_threadpool(jobs.snapshot, user_id, role)
+            snapshot = await run_in_threadpool(_snapshot, user_id, role)
             text = json.dumps({"type": "snapshot", "data": {"jobs": snapshot}},
                               separators=(",", ":"))
             await websocket.send_text(text)

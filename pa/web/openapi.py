@@ -35,6 +35,7 @@ parameters:
   year: {name: year, in: path, required: true,
          schema: {type: integer, minimum: 0, maximum: 999999999999999999}}
   limit: {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 50}}
+  jobType: {name: type, in: path, required: true, schema: {type: string}}
 schemas:
   Error:
     type: object
@@ -92,6 +93,16 @@ schemas:
       version: {type: integer, minimum: 1}
       userId: {type: [integer, "null"]}
       downloadUrl: {type: [string, "null"]}
+      paused: {type: boolean}
+      queue:
+        oneOf:
+          - type: "null"
+          - type: object
+            required: [ahead, startsIn, finishesIn]
+            properties:
+              ahead: {type: integer, minimum: 0}
+              startsIn: {type: [number, "null"]}
+              finishesIn: {type: [number, "null"]}
   Jobs: {type: array, items: {$ref: "#/components/schemas/Job"}}
   ReportJobs:
     type: array
@@ -171,6 +182,24 @@ schemas:
       departments: {type: array}
       movers: {type: object}
       computedAt: {type: string}
+  Overview:
+    type: object
+    required: [queues, jobs, types, consumers, periodic, throughput]
+    properties:
+      queues: {type: array}
+      jobs: {type: object}
+      types: {type: array}
+      consumers: {type: array}
+      periodic: {type: array}
+      throughput: {type: array}
+  TypeSwitch:
+    type: object
+    required: [type, paused]
+    properties: {type: {enum: JOB_TYPES}, paused: {type: boolean}}
+  Retried:
+    type: object
+    required: [retried]
+    properties: {retried: {type: integer, minimum: 0}}
   Health:
     type: object
     required: [database, redis]
@@ -200,7 +229,8 @@ responses:
 
 #: `data` schemas for which components/responses gets an `Ok<Name>` envelope
 OK_DATA = ("NoData", "User", "Job", "Jobs", "ReportJobs", "Review", "Reviews", "FiscalYears",
-           "Backups", "Departments", "Analytics", "Health")
+           "Backups", "Departments", "Analytics", "Health", "Overview", "TypeSwitch",
+           "Retried")
 ENUMS: dict[str, list[str]] = {
     "ROLES": [r.value for r in Role],
     "JOB_TYPES": [t.value for t in JobType],
@@ -231,10 +261,13 @@ def _ok(name: str) -> dict[str, Any]:
 
 
 class Generator(SchemaGenerator):
-    """Starlette's generator, plus: the summary from the docstring's first line, and
-    the error envelope as every operation's `default` answer."""
+    """Starlette's generator, plus: only a docstring with a `---` part is an
+    operation (another is prose, which YAML could misread), the summary from its
+    first line, and the error envelope as every operation's `default` answer."""
 
     def parse_docstring(self, func_or_method: Callable[..., Any]) -> dict[str, Any]:
+        if "---" not in (func_or_method.__doc__ or ""):
+            return {}
         operation = super().parse_docstring(func_or_method)
         if operation:
             doc = (func_or_method.__doc__ or "").split("---")[0].strip()
