@@ -13,6 +13,7 @@ const PAGES = {
   import: "import",
   fiscal_years: "fiscal_years",
   backups: "backups",
+  ops: "ops",
 };
 
 document.getElementById("logout")?.addEventListener("click", signOut);

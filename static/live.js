@@ -170,10 +170,32 @@ export function progressBar(job) {
     el("div", { class: "pbar-fill", style: `width: ${percent ?? 0}%` }),
   );
   if (percent === null) bar.classList.add("indeterminate");
-  const text = [percent === null ? "" : `${Math.round(percent)}%`, p?.message ?? (job.status === "pending" ? "Waiting…" : "")]
+  const text = [percent === null ? "" : `${Math.round(percent)}%`, p?.message ?? (job.status === "pending" ? "Waiting…" : ""),
+    estimate(job)]
     .filter(Boolean)
     .join(" · ");
   return el("div", { class: "progress", "data-job-id": job.id }, bar, el("span", { class: "progress-text" }, text));
+}
+
+function about(seconds) {
+  if (seconds < 1) return "a moment";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  return `${Math.round(seconds / 60)} min`;
+}
+
+// "2 ahead · starts in ~10 s", "about 40 s left" (the server's estimate, counted down).
+export function estimate(job) {
+  const q = job.queue;
+  if (job.paused) return "paused by an operator";
+  if (!q) return "";
+  const gone = (Date.now() - (job.queueAt ?? Date.now())) / 1000;
+  if (job.status === "pending") {
+    const parts = [`${q.ahead} ahead`];
+    if (q.startsIn !== null) parts.push(`starts in ~${about(Math.max(0, q.startsIn - gone))}`);
+    return parts.join(" · ");
+  }
+  if (job.status === "processing" && q.finishesIn !== null) return `about ${about(Math.max(0, q.finishesIn - gone))} left`;
+  return "";
 }
 
 // ---- toasts --------------------------------------------------------------
@@ -214,8 +236,19 @@ class JobStore {
   }
 
   // Keep the highest version of each job; toast when one of ours reaches a final status.
+  // The API's answers carry the queue estimate (`queue`, `paused`), events do not: an
+  // event keeps the estimate it had while the status stays the same.
   apply(job, notify = true) {
     const prev = this.jobs.get(job.id);
+    if ("queue" in job) job.queueAt = Date.now();
+    else if (prev && "queue" in prev && prev.status === job.status) {
+      Object.assign(job, { queue: prev.queue, paused: prev.paused, queueAt: prev.queueAt });
+    }
+    if (prev && prev.version === job.version && "queue" in job) {
+      Object.assign(prev, { queue: job.queue, paused: job.paused, queueAt: job.queueAt });
+      if (notify) this.changed(prev);
+      return false;
+    }
     if (prev && prev.version >= job.version) return false;
     this.jobs.set(job.id, job);
     const mine = me && job.userId === me.id; // admins receive everyone's jobs
@@ -310,6 +343,8 @@ class Live {
         store.applyAll(msg.data.jobs);
       } else if (msg.type === "job") {
         store.apply(msg.data);
+      } else if (msg.type === "ops") {
+        for (const fn of opsListeners) fn(msg.data);
       }
     });
     ws.addEventListener("close", (event) => {
@@ -365,6 +400,27 @@ class Live {
 
 const live = me ? new Live() : null;
 
+// Admins' sockets also bring the operators' overview (the /ops page listens).
+const opsListeners = new Set();
+export function onOps(fn) {
+  opsListeners.add(fn);
+}
+
+// The estimates move with the queue: while this page shows unfinished jobs, ask for
+// them again now and then (events carry no estimate).
+const ESTIMATE_REFRESH = 5000;
+
+async function refreshEstimates() {
+  if (document.visibilityState !== "hidden" && store.unfinished().length) {
+    for (const status of ["pending", "processing"]) {
+      const r = await api("GET", `/api/jobs?status=${status}&limit=100`);
+      if (r.ok) for (const job of r.body.data) if (store.jobs.has(job.id)) store.apply(job);
+    }
+  }
+  setTimeout(refreshEstimates, ESTIMATE_REFRESH);
+}
+
 export function startLive() {
   live?.connect();
+  if (me) setTimeout(refreshEstimates, ESTIMATE_REFRESH);
 }

@@ -12,7 +12,7 @@ from tests.web_fixtures import app_client, login, user_with_password
 
 YEAR = 2025
 HR_PAGES = ["/reports", "/analytics", "/fiscal-years"]
-ADMIN_PAGES = ["/import", "/backups"]
+ADMIN_PAGES = ["/import", "/backups", "/ops"]
 
 
 def test_a_visitor_is_sent_to_login() -> None:

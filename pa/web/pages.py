@@ -40,6 +40,7 @@ NAV: list[tuple[str, str, str, tuple[Role, ...]]] = [
     ("/import", "import", "Import", (Role.ADMIN,)),
     ("/fiscal-years", "fiscal_years", "Fiscal years", (Role.HR_ADMIN, Role.ADMIN)),
     ("/backups", "backups", "Backups", (Role.ADMIN,)),
+    ("/ops", "ops", "Operations", (Role.ADMIN,)),
 ]
 
 
@@ -192,4 +193,5 @@ routes: list[BaseRoute] = [
     Route("/fiscal-years", _page("fiscal_years.html", "fiscal_years", Role.HR_ADMIN,
                                  Role.ADMIN), methods=["GET"]),
     Route("/backups", _page("backups.html", "backups", Role.ADMIN), methods=["GET"]),
+    Route("/ops", _page("ops.html", "ops", Role.ADMIN), methods=["GET"]),
 ]
