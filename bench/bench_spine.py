@@ -456,6 +456,24 @@ class Consumers:
             self.proc = None
 
 
+def start_web(port: int, env: dict[str, str], log: object) -> subprocess.Popen[bytes]:
+    """run_web.py on `port` (the caller waits for answers())."""
+    return subprocess.Popen([sys.executable, "run_web.py"], cwd=ROOT,
+                            env=dict(env, PA_PORT=str(port)), stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def answers(port: int) -> bool:
+    """Whether the web process on `port` answers /healthz with 200."""
+    import http.client
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        c.request("GET", "/healthz")
+        return c.getresponse().status == 200
+    except OSError:
+        return False
+
+
 def top_frames(path: str, n: int = 15) -> str:
     """Self time per function from a py-spy raw (collapsed stacks) file."""
     totals: dict[str, int] = {}
@@ -509,22 +527,11 @@ def main() -> None:
         port = free_port()
         env = dict(os.environ, PA_PORT=str(port))
         log = open(root / "web.log", "wb")
-        web = subprocess.Popen([sys.executable, "run_web.py"], cwd=ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
+        web = start_web(port, env, log)
         procs.append(web)
         consumers = Consumers(env, log)
         consumers.start()
-
-        def up() -> bool:
-            import http.client
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                c.request("GET", "/healthz")
-                return c.getresponse().status == 200
-            except OSError:
-                return False
-
-        wait_for(up, timeout=30, message="web to answer")
+        wait_for(lambda: answers(port), timeout=30, message="web to answer")
         try:
             rates = [int(r) for r in args.rates.split(",")]
             lines += asyncio.run(http_phase(port, lo, hi, args.profile, web.pid, consumers,
