@@ -34,11 +34,16 @@ from bench.loadgen import closed_loop, post  # noqa: E402
 from tests.services import free_port, wait_for  # noqa: E402
 
 PENDING = 10_000
+#: finished jobs beside them: 100,000 in the table
+FINISHED = 90_000
 
 
-def add_pending(n: int) -> None:
-    """`n` pending report jobs of a paused type (they stay pending)."""
+def add_jobs(pending: int, finished: int) -> None:
+    """`pending` report jobs of a paused type (they stay pending), and `finished`
+    completed and failed ones over the last two hours (half in the overview's hour)."""
+    import random
     import uuid
+    from datetime import timedelta
 
     from sqlalchemy import insert
 
@@ -46,14 +51,26 @@ def add_pending(n: int) -> None:
     from pa.models import Job
 
     now = db.utcnow()
-    rows = [dict(id=uuid.uuid4().hex, type="generate_report", status="pending", priority=5,
-                 payload={"fiscalYear": now.year}, attempts=0, max_retries=2, retry_base=0,
-                 time_limit=900, version=1, cancel_requested=False, created_at=now,
-                 updated_at=now) for _ in range(n)]
+
+    def row(status: str, ago: float, ran: float) -> dict:
+        at = now - timedelta(seconds=ago)
+        return dict(id=uuid.uuid4().hex, type=random.choice(TYPES), status=status,
+                    priority=5, payload={}, attempts=1, max_retries=2, retry_base=0,
+                    time_limit=900, version=3, cancel_requested=False,
+                    created_at=at - timedelta(seconds=ran + 1), updated_at=at,
+                    started_at=at - timedelta(seconds=ran) if status != "pending" else None,
+                    completed_at=at if status != "pending" else None)
+
+    rows = [dict(row("pending", 0, 0), type="generate_report") for _ in range(pending)]
+    rows += [row("failed" if i % 20 == 0 else "completed", random.uniform(0, 7200),
+                 random.uniform(0.1, 2)) for i in range(finished)]
     with db.begin() as conn:
-        for i in range(0, n, 5000):
+        for i in range(0, len(rows), 5000):
             conn.execute(insert(Job), rows[i:i + 5000])
     ops.pause("generate_report")
+
+
+TYPES = ["email_notification", "generate_report", "bulk_import", "database_backup"]
 
 
 def emails_done() -> int:
@@ -119,7 +136,7 @@ def main() -> None:
     web = None
     try:
         lo, hi = seed(60_000)
-        add_pending(PENDING)
+        add_jobs(PENDING, FINISHED)
         from pa import ops
 
         builds = []
@@ -128,7 +145,7 @@ def main() -> None:
             ops.overview()
             builds.append((time.perf_counter() - t0) * 1000)
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-              f"database {args.db}; {PENDING:,} pending jobs")
+              f"database {args.db}; {PENDING:,} pending jobs, {PENDING + FINISHED:,} in the table")
         print(f"one overview, built in this process: median {statistics.median(builds):.1f} ms, "
               f"max {max(builds):.1f} ms (20 builds)")
         port = free_port()

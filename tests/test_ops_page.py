@@ -32,7 +32,7 @@ async def cell(tab: Tab, selector: str, text: str) -> None:
 
 def test_the_console_goes_live_with_two_consumers(chromium_path: str, tmp_path: Path) -> None:
     admin = user_with_password(Role.ADMIN)
-    manager = make_user(Role.MANAGER)
+    manager = user_with_password(Role.MANAGER)
     make_user(Role.HR_ADMIN)  # (the email's recipient)
     review = make_review(make_user(manager_id=manager.id))
     env = dict(os.environ)  # the suite's short PA_WORKER_TTL: a silent consumer shows soon
@@ -58,11 +58,20 @@ def test_the_console_goes_live_with_two_consumers(chromium_path: str, tmp_path: 
                         {"kind": "review_submitted", "reviewId": review.id}, manager.id)
                     await cell(tab, f"{email_row} td:nth-child(2)", "1")
                     await cell(tab, "#queues-body tr[data-priority='10'] td:nth-child(2)", "0")
+                    # ... and its owner's page says why it waits
+                    owner = await signed_in(browser, server, manager)
+                    await owner.page.goto("/")
+                    mine = owner.page.locator(f'#jobs-body tr[data-job-id="{job["id"]}"]')
+                    await mine.filter(has_text="paused by an operator").wait_for(
+                        timeout=SHOWS_WITHIN)
                     # Resumed: it runs, and the hour's count shows it
                     await page.locator(f"{email_row} button", has_text="Resume").click()
                     await cell(tab, f"{email_row} td:nth-child(4)", "1")
                     assert (await asyncio.to_thread(jobs.load_row, job["id"]))["status"] == \
                         "completed"
+                    await owner.page.locator(f'#jobs-body tr[data-job-id="{job["id"]}"]'
+                                             '[data-status="completed"]').wait_for()
+                    assert owner.errors == []
                     # A job that fails shows with its error, and its retry runs it again
                     broken = await asyncio.to_thread(
                         jobs.submit, JobType.EMAIL_NOTIFICATION,
