@@ -81,7 +81,6 @@ def overview() -> dict[str, Any]:
     now = db.utcnow()
     hour_ago = now - timedelta(hours=1)
     c = jobs_table.c
-    finished = (JobStatus.COMPLETED.value, JobStatus.FAILED.value)
     with db.read() as conn:
         paused = set(conn.execute(select(paused_table.c.type)).scalars())
         # Unfinished jobs by type, status and whether they are due (a small result).
@@ -93,12 +92,7 @@ def overview() -> dict[str, Any]:
             .group_by(c.type, c.status, c.priority, due)
         ).all()
         # Finished in the last hour by type, status and minute: counts and the chart.
-        minute = _minute(c.updated_at)
-        per_minute = conn.execute(
-            select(c.type, c.status, minute.label("minute"), func.count())
-            .where(c.status.in_(finished), c.updated_at >= hour_ago)
-            .group_by(c.type, c.status, minute)
-        ).all()
+        per_minute = _finished.last_hour(conn, now)
         sample = conn.execute(
             select(c.type, c.created_at, c.attempts, c.started_at, c.completed_at)
             .where(c.status == JobStatus.COMPLETED.value, c.updated_at >= hour_ago,
@@ -118,10 +112,12 @@ def overview() -> dict[str, Any]:
             .where(c.status == JobStatus.FAILED.value)
             .order_by(c.updated_at.desc()).limit(FAILURES_SHOWN)
         ).all()
+        # The scheduled backups' keys sort by their slot (backup.create_scheduled_backup):
+        # the unique index on dedupe_key finds the latest.
         last_backup = conn.execute(
             select(c.id, c.status)
-            .where(c.type == JobType.DATABASE_BACKUP.value, c.dedupe_key.is_not(None))
-            .order_by(c.created_at.desc()).limit(1)
+            .where(c.dedupe_key >= "database_backup:", c.dedupe_key < "database_backup;")
+            .order_by(c.dedupe_key.desc()).limit(1)
         ).first()
 
     queues: dict[Priority, dict[str, Any]] = {
@@ -176,7 +172,7 @@ def overview() -> dict[str, Any]:
         })
     silent_after = timedelta(seconds=settings.worker_ttl)
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
-    minutes = [(start + timedelta(minutes=i)) for i in range(60)]
+    minutes = [start + timedelta(minutes=i) for i in range(60)]
     return {
         "queues": [queues[p] for p in sorted(Priority, reverse=True)],
         "jobs": totals,
@@ -188,7 +184,7 @@ def overview() -> dict[str, Any]:
             "running": by_worker.get(r.id, []), "processed": r.processed,
         } for r in consumers],
         "periodic": [_backup_schedule(now, last_backup)],
-        "throughput": [{"minute": _iso(m), **chart.get(m.strftime("%Y-%m-%dT%H:%M"),
+        "throughput": [{"minute": _iso(m), **chart.get(m.strftime(MINUTE),
                                                          {"completed": 0, "failed": 0})}
                        for m in minutes],
         "failures": [{"id": r.id, "type": r.type, "error": r.error, "attempts": r.attempts,
@@ -235,6 +231,53 @@ def format_overview(data: dict[str, Any]) -> str:
     lines += [f"  {f['completedAt']}  {f['type']}  {f['id']}: {f['error']}"
               for f in data["failures"][:10]] or ["  none"]
     return "\n".join(lines)
+
+
+class FinishedPerMinute:
+    """The finished jobs of the last hour by minute, type and status (the chart and
+    the hour's counts). A minute that has passed is counted once and kept: each
+    overview then counts the current minute only, not the whole hour (with 100,000
+    jobs that was most of its cost). A job that changes after its minute was counted
+    (a retry) stays counted there."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: minute ("YYYY-MM-DDTHH:MM") → [(type, status, count)], for passed minutes
+        self._passed: dict[str, list[tuple[str, str, int]]] = {}
+
+    def last_hour(self, conn: Any, now: datetime) -> list[tuple[str, str, str, int]]:
+        """(type, status, minute, count) for the 59 minutes before this one, and this one."""
+        current = now.replace(second=0, microsecond=0)
+        minutes = [current - timedelta(minutes=i) for i in range(59, 0, -1)]
+        with self._lock:
+            missing = [m for m in minutes if m.strftime(MINUTE) not in self._passed]
+            since = missing[0] if missing else current
+            c = jobs_table.c
+            minute = _minute(c.updated_at)
+            rows = conn.execute(
+                select(c.type, c.status, minute, func.count())
+                .where(c.status.in_((JobStatus.COMPLETED.value, JobStatus.FAILED.value)),
+                       c.updated_at >= since)
+                .group_by(c.type, c.status, minute)).all()
+            fresh: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+            for job_type, status, at, count in rows:
+                fresh[at].append((job_type, status, count))
+            for m in missing:
+                self._passed[m.strftime(MINUTE)] = fresh.get(m.strftime(MINUTE), [])
+            keep = {m.strftime(MINUTE) for m in minutes}
+            for key in [k for k in self._passed if k not in keep]:
+                del self._passed[key]
+            hour = {**{k: self._passed[k] for k in keep},
+                    current.strftime(MINUTE): fresh.get(current.strftime(MINUTE), [])}
+        return [(t, st, at, n) for at, counts in hour.items() for t, st, n in counts]
+
+    def forget(self) -> None:
+        with self._lock:
+            self._passed.clear()
+
+
+MINUTE = "%Y-%m-%dT%H:%M"
+_finished = FinishedPerMinute()
 
 
 def _backup_schedule(now: datetime, last: Any) -> dict[str, Any]:
@@ -324,7 +367,8 @@ class QueueState:
         with db.read() as conn:
             self.paused = set(conn.execute(select(paused_table.c.type)).scalars())
             due = conn.execute(
-                select(c.priority, order, c.type).where(_due(now))
+                select(c.priority, order, c.type)
+                .where(_due(now), c.type.not_in(select(paused_table.c.type)))
                 .order_by(c.priority.desc(), order)).all()
             sample = conn.execute(
                 select(c.type, c.started_at, c.completed_at)
@@ -350,8 +394,6 @@ class QueueState:
         self.keys: list[tuple[int, datetime]] = []
         self.before: list[float | None] = [0.0]  # seconds of work ahead of each place
         for priority, at, job_type in due:
-            if job_type in self.paused:
-                continue
             self.keys.append((-priority, at))
             cost = self.run.get(job_type, fallback)
             previous = self.before[-1]
@@ -412,9 +454,10 @@ def queue_state() -> QueueState:
 
 
 def forget_queue_state() -> None:
-    """The next estimate computes afresh (tests; a paused or resumed type)."""
+    """The next estimate and overview compute afresh (tests; a paused or resumed type)."""
     with _state_lock:
         _state.clear()
+    _finished.forget()
 
 
 def annotate(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:

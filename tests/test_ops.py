@@ -111,6 +111,10 @@ def test_the_overview_counts_jobs_in_known_states(admin: TestClient) -> None:
     assert backup["schedule"] == "0 2 * * *" and backup["nextRunAt"].endswith("T02:00:00Z")
     assert [(f["id"], f["error"]) for f in data["failures"]] == [
         (failed["id"], "The SMTP server refused.")]
+    # The passed minutes are counted once and kept; this minute is counted afresh.
+    _job(EMAIL, status="failed", error="Again.", completed_at=db.utcnow())
+    again = admin.get("/api/ops/overview").json()["data"]
+    assert again["jobs"]["failedLastHour"] == 2 and again["jobs"]["completedLastHour"] == 4
 
 
 def test_the_estimate_of_a_queue_of_known_jobs(admin: TestClient) -> None:
