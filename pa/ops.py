@@ -65,11 +65,6 @@ def _minute(column: Any) -> ColumnElement[Any]:
     return func.strftime("%Y-%m-%dT%H:%M", column)
 
 
-def paused_types() -> set[str]:
-    with db.read() as conn:
-        return set(conn.execute(select(paused_table.c.type)).scalars())
-
-
 def _due(now: datetime) -> ColumnElement[bool]:
     c = jobs_table.c
     return and_(c.status == JobStatus.PENDING.value,

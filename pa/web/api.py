@@ -149,9 +149,10 @@ async def get_job(request: Request) -> Response:
     responses: {"200": {$ref: "#/components/responses/OkJob"}}
     """
     user = await require_user(request)
-    job = await run_in_threadpool(jobs.get, request.path_params["job_id"], user.id,
-                                  user.role)
-    return ok((await run_in_threadpool(ops.annotate, [job]))[0])
+    def read() -> dict[str, Any]:
+        return ops.annotate([jobs.get(request.path_params["job_id"], user.id, user.role)])[0]
+
+    return ok(await run_in_threadpool(read))
 
 
 async def cancel_job(request: Request) -> Response:
