@@ -6,7 +6,7 @@ The overview reads the database only (every process sees the same one, embedded
 mode included): the jobs table for counts and times, `consumers` for the
 consumers' heartbeats, `paused_types` for the paused types. Its reads are bounded
 whatever the table holds: counts are grouped in SQL, and run and wait times come
-from the latest STATS_SAMPLE finished jobs of the last hour.
+from the latest STATS_SAMPLE finished jobs of the last hour (read every STATS_TTL s).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ paused_table = jobs.paused_table
 consumers_table = heartbeat.consumers_table
 #: finished jobs of the last hour whose times make the percentiles
 STATS_SAMPLE = 2000
+#: seconds those times are reused
+STATS_TTL = 10.0
 #: the latest failed jobs the overview lists (with their errors)
 FAILURES_SHOWN = 20
 JOB_TYPE_NAMES = frozenset(t.value for t in JobType)
@@ -74,7 +76,6 @@ def _due(now: datetime) -> ColumnElement[bool]:
 def overview() -> dict[str, Any]:
     """The `data` of GET /api/ops/overview (DESIGN.md)."""
     now = db.utcnow()
-    hour_ago = now - timedelta(hours=1)
     c = jobs_table.c
     with db.read() as conn:
         paused = set(conn.execute(select(paused_table.c.type)).scalars())
@@ -88,12 +89,7 @@ def overview() -> dict[str, Any]:
         ).all()
         # Finished in the last hour by type, status and minute: counts and the chart.
         per_minute = _finished.last_hour(conn, now)
-        sample = conn.execute(
-            select(c.type, c.created_at, c.attempts, c.started_at, c.completed_at)
-            .where(c.status == JobStatus.COMPLETED.value, c.updated_at >= hour_ago,
-                   c.started_at.is_not(None))
-            .order_by(c.updated_at.desc()).limit(STATS_SAMPLE)
-        ).all()
+        runs, waits = _recent.times(conn, now)
         running = conn.execute(
             select(c.id, c.type, c.worker_id, c.started_at, c.progress_current,
                    c.progress_total, c.progress_message)
@@ -146,16 +142,10 @@ def overview() -> dict[str, Any]:
         types[job_type][key] += count
         totals[key] += count
         chart[at][status] += count
-    runs: dict[str, list[float]] = defaultdict(list)
-    waits: dict[str, list[float]] = defaultdict(list)
-    for job_type, created, attempts, started, completed in sample:
-        runs[job_type].append(_seconds(completed, started))
-        if attempts == 1:  # (a later attempt's claim no longer knows when it fell due)
-            waits[job_type].append(_seconds(started, created))
     for job_type, entry in types.items():
-        entry["runSecondsP50"] = _percentile(runs[job_type], 0.5)
-        entry["runSecondsP95"] = _percentile(runs[job_type], 0.95)
-        entry["waitSecondsP95"] = _percentile(waits[job_type], 0.95)
+        entry["runSecondsP50"] = _percentile(runs.get(job_type, []), 0.5)
+        entry["runSecondsP95"] = _percentile(runs.get(job_type, []), 0.95)
+        entry["waitSecondsP95"] = _percentile(waits.get(job_type, []), 0.95)
 
     by_worker: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in running:
@@ -228,6 +218,44 @@ def format_overview(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class RecentTimes:
+    """Run and wait seconds by type of the latest STATS_SAMPLE jobs completed in the
+    last hour (waits of first attempts only: a later attempt's claim no longer knows
+    when it fell due). The overview and the estimates share them, read again at most
+    every STATS_TTL seconds: they move slowly, and turning thousands of rows into
+    durations was the larger part of an overview's cost."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at: float | None = None
+        self._times: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
+
+    def times(self, conn: Any, now: datetime
+              ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """({type: run seconds}, {type: wait seconds})."""
+        with self._lock:
+            if self._at is None or time.monotonic() - self._at > STATS_TTL:
+                c = jobs_table.c
+                sample = conn.execute(
+                    select(c.type, c.created_at, c.attempts, c.started_at, c.completed_at)
+                    .where(c.status == JobStatus.COMPLETED.value,
+                           c.updated_at >= now - timedelta(hours=1),
+                           c.started_at.is_not(None))
+                    .order_by(c.updated_at.desc()).limit(STATS_SAMPLE)).all()
+                runs: dict[str, list[float]] = defaultdict(list)
+                waits: dict[str, list[float]] = defaultdict(list)
+                for job_type, created, attempts, started, completed in sample:
+                    runs[job_type].append(_seconds(completed, started))
+                    if attempts == 1:
+                        waits[job_type].append(_seconds(started, created))
+                self._times, self._at = (dict(runs), dict(waits)), time.monotonic()
+            return self._times
+
+    def forget(self) -> None:
+        with self._lock:
+            self._at = None
+
+
 class FinishedPerMinute:
     """The finished jobs of the last hour by minute, type and status (the chart and
     the hour's counts). A minute that has passed is counted once and kept: each
@@ -273,6 +301,7 @@ class FinishedPerMinute:
 
 MINUTE = "%Y-%m-%dT%H:%M"
 _finished = FinishedPerMinute()
+_recent = RecentTimes()
 
 
 def _backup_schedule(now: datetime, last: Any) -> dict[str, Any]:
@@ -365,11 +394,7 @@ class QueueState:
                 select(c.priority, order, c.type)
                 .where(_due(now), c.type.not_in(select(paused_table.c.type)))
                 .order_by(c.priority.desc(), order)).all()
-            sample = conn.execute(
-                select(c.type, c.started_at, c.completed_at)
-                .where(c.status == JobStatus.COMPLETED.value,
-                       c.updated_at >= now - timedelta(hours=1), c.started_at.is_not(None))
-                .order_by(c.updated_at.desc()).limit(STATS_SAMPLE)).all()
+            runs = _recent.times(conn, now)[0]
             running = conn.execute(
                 select(c.type, c.started_at, c.progress_current, c.progress_total)
                 .where(c.status == _PROCESSING)).all()
@@ -378,9 +403,6 @@ class QueueState:
                 select(func.coalesce(func.sum(consumers_table.c.workers), 0))
                 .where(consumers_table.c.last_seen_at >= seen_since)).scalar_one())
         self.now = now
-        runs: dict[str, list[float]] = defaultdict(list)
-        for job_type, started, completed in sample:
-            runs[job_type].append(_seconds(completed, started))
         #: the median run of each type seen in the last hour
         self.run = {t: _percentile(v, 0.5) or 0.0 for t, v in runs.items()}
         every = [x for v in runs.values() for x in v]
@@ -453,6 +475,7 @@ def forget_queue_state() -> None:
     with _state_lock:
         _state.clear()
     _finished.forget()
+    _recent.forget()
 
 
 def annotate(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
