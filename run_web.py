@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from pa.schema import migrate, schema_problem
     from pa.settings import load_settings
     from pa.web.app import create_app
+    from pa.web.hub import UVICORN_WEBSOCKETS
 
     try:
         settings = load_settings()
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     try:
         uvicorn.run(app, host=host, port=port, log_level=args.log_level,
-                    access_log=args.access_log, timeout_graceful_shutdown=10)
+                    access_log=args.access_log, timeout_graceful_shutdown=10,
+                    **UVICORN_WEBSOCKETS)
     except KeyboardInterrupt:
         pass
     finally:

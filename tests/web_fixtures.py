@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from pa import db
 from pa.auth_passwords import hash_password
 from pa.models import Role, User
-from pa.web.hub import Hub
+from pa.web.hub import UVICORN_WEBSOCKETS, Hub
 from tests.factories import make_user
 from tests.services import free_port, wait_for
 
@@ -80,7 +80,7 @@ class LiveServer:
         self.app: Starlette = create_app(**app_options)
         self.port = free_port()
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="on")
+                                log_level="warning", lifespan="on", **UVICORN_WEBSOCKETS)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, daemon=True,
                                         name="uvicorn-test")

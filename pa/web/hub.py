@@ -28,7 +28,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
@@ -51,6 +50,13 @@ CLOSE_ROLE_CHANGED = 4409
 CLOSE_GOING_AWAY = 1001
 #: seconds between overviews for admins while something changes, and at most between two
 OPS_INTERVAL, OPS_IDLE = 1.0, 5.0
+#: how uvicorn serves the sockets (run_web.py and the tests' server): websockets'
+#: sans-I/O protocol, which keeps no tasks of its own per socket, and no
+#: permessage-deflate. pa's messages are a few hundred bytes of JSON; compressing each
+#: one once per socket held 38 KB per open socket and was most of the CPU of an event
+#: sent to many (bench/bench_sockets.py, docs/BENCHMARKS.md).
+UVICORN_WEBSOCKETS: dict[str, Any] = {"ws": "websockets-sansio",
+                                      "ws_per_message_deflate": False}
 
 
 class Signal(enum.Enum):
@@ -312,8 +318,7 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
 _GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
 
 
-async def _send(websocket: WebSocket, sub: Subscriber, user_id: int, role: Role,
-                done: anyio.CancelScope) -> None:
+async def _send(websocket: WebSocket, sub: Subscriber, user_id: int, role: Role) -> None:
     try:
         await _send_loop(websocket, sub, user_id, role)
     except _GONE:
@@ -322,19 +327,14 @@ async def _send(websocket: WebSocket, sub: Subscriber, user_id: int, role: Role,
         log.exception("WebSocket of user %s failed", user_id)
         with contextlib.suppress(*_GONE):
             await websocket.close(1011)
-    finally:
-        done.cancel()
 
 
-async def _receive(websocket: WebSocket, done: anyio.CancelScope) -> None:
-    # The client has nothing to say; reading is how its going away is noticed.
-    try:
+async def _receive(websocket: WebSocket) -> None:
+    # The client has nothing to say; reading is how its going away is noticed (and,
+    # once the sender closed the socket, how the client's answer to that arrives).
+    with contextlib.suppress(*_GONE):
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
-    except _GONE:
-        pass
-    finally:
-        done.cancel()
 
 
 async def job_socket(websocket: WebSocket) -> None:
@@ -347,14 +347,16 @@ async def job_socket(websocket: WebSocket) -> None:
     event_hub: Hub = websocket.app.state.hub
     sub = event_hub.register(user.id, user.is_admin, session_id(websocket),
                              types=None if user.is_admin else jobs.visible_types(user.role))
+    # One task sends, in order, what the hub queued; this one reads. A plain task,
+    # not an anyio task group: the group held 8 KB more per open socket
+    # (bench/bench_sockets.py). However this one ends (the client went, or the host
+    # cancelled the endpoint), the sender is cancelled with it.
+    sender = asyncio.create_task(_send(websocket, sub, user.id, user.role))
     try:
-        # anyio, not bare asyncio tasks: Starlette's TestClient (and any anyio
-        # host) stops the endpoint through a cancel scope.
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_send, websocket, sub, user.id, user.role, tasks.cancel_scope)
-            tasks.start_soon(_receive, websocket, tasks.cancel_scope)
+        await _receive(websocket)
     finally:
         event_hub.unregister(sub)
+        sender.cancel()
 
 
 routes: list[BaseRoute] = [WebSocketRoute("/ws", job_socket, name="ws")]
