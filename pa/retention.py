@@ -1,4 +1,5 @@
-"""Pruning: finished jobs older than PA_JOB_RETENTION_DAYS go, with their own files."""
+"""Pruning: finished jobs older than PA_JOB_RETENTION_DAYS go, with their own files;
+so do uploads no job names (a web process killed while it received one)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from sqlalchemy import delete, select
 from pa import db
 from pa.jobs import jobs_table
 from pa.models import FINAL_STATUSES
+from pa.queue import JobType
 from pa.settings import settings
 
 log = logging.getLogger(__name__)
 
 #: rows deleted per transaction (keeps SQLite's write lock short)
 BATCH = 500
+#: an upload no job names is removed once it is this old (its request is long over)
+ORPHAN_AGE = timedelta(hours=1)
 
 
 def _job_files(job_id: str, result_file: str | None, payload: dict | None) -> list[Path]:
@@ -55,7 +59,7 @@ def prune(now: datetime | None = None) -> int:
                 .limit(BATCH)
             ).all()
         if not rows:
-            return total
+            break
         # Files first: a crash between the two leaves a row without its file
         # (its download answers 404), never a file no row points at.
         for r in rows:
@@ -68,3 +72,30 @@ def prune(now: datetime | None = None) -> int:
             conn.execute(delete(table).where(table.c.id.in_([r.id for r in rows])))
         total += len(rows)
         log.info("pruned %d finished jobs older than %s", len(rows), cutoff.date())
+    prune_orphan_uploads(now)
+    return total
+
+
+def prune_orphan_uploads(now: datetime | None = None) -> list[str]:
+    """Remove uploads older than ORPHAN_AGE that no job names; returns their names.
+
+    A web process killed while it received a file leaves it without a job (one that
+    fails to store or to record it removes it itself)."""
+    folder = settings.data_dir / "uploads"
+    if not folder.is_dir():
+        return []
+    before = ((now or db.utcnow()) - ORPHAN_AGE).timestamp()
+    old = [p for p in folder.iterdir() if p.is_file() and p.stat().st_mtime < before]
+    if not old:
+        return []
+    with db.read() as conn:
+        named = {Path(payload["path"]).name for (payload,) in conn.execute(
+            select(jobs_table.c.payload).where(jobs_table.c.type == JobType.BULK_IMPORT.value))
+            if isinstance((payload or {}).get("path"), str)}
+    removed = [p.name for p in old if p.name not in named]
+    for name in removed:
+        (folder / name).unlink(missing_ok=True)
+    if removed:
+        log.warning("removed %d uploads that no job names: %s", len(removed),
+                    ", ".join(removed[:5]))
+    return removed

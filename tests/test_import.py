@@ -559,6 +559,68 @@ def test_empty_file_is_refused(client, admin, content, status):
     nothing_left()
 
 
+@contextmanager
+def full_uploads_folder(free: int) -> Iterator[None]:
+    """The uploads folder on a tmpfs of its own with `free` bytes free (needs root)."""
+    import subprocess
+
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(UPLOADS)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"no tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        ballast = UPLOADS / ".ballast"
+        ballast.write_bytes(b"\0" * (shutil.disk_usage(UPLOADS).free - free))
+        yield
+    finally:
+        (UPLOADS / ".ballast").unlink(missing_ok=True)
+        subprocess.run(["umount", str(UPLOADS)], check=True)
+
+
+# A small file fails only as it is closed (the write was buffered), a large one
+# while it streams.
+@pytest.mark.parametrize("rows, free", [(10, 0), (5000, 16 * 1024)])
+def test_a_full_disk_refuses_the_upload_with_503_and_keeps_nothing(client, admin, rows, free):
+    _, headers = admin
+    content = csv_bytes(*(f"u{i}@example.com,U {i},employee,Eng," for i in range(rows)))
+    with full_uploads_folder(free):
+        refused = post_csv(client, headers, content)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == {
+            "code": "unavailable", "field": "file",
+            "message": "The server has no room for the file now; try again later."}
+        assert [p.name for p in UPLOADS.iterdir()] == [".ballast"]
+        assert job_count() == 0
+    # and once there is room again, the same file goes through
+    assert post_csv(client, headers, content).status_code == 202
+
+
+def test_an_upload_no_job_names_is_removed_once_it_is_an_hour_old():
+    # Given: what a web process killed mid-upload leaves, an hour old and fresh, and
+    # the upload of a job that has not run yet, as old
+    import os
+
+    from pa import retention
+
+    UPLOADS.mkdir(parents=True, exist_ok=True)
+    hour_ago = datetime.now(UTC).timestamp() - 3601
+    orphan, fresh = UPLOADS / f"{uuid.uuid4().hex}.csv", UPLOADS / f"{uuid.uuid4().hex}.csv"
+    waiting = submit_file(csv_bytes("w@example.com,W,employee,Eng,"))
+    row = jobs.load_row(waiting["id"])
+    assert row is not None
+    kept = settings.data_dir / row["payload"]["path"]
+    for path in (orphan, fresh):
+        path.write_bytes(b"email,name\n")
+    for path in (orphan, kept):
+        os.utime(path, (hour_ago, hour_ago))
+    # When
+    removed = retention.prune_orphan_uploads()
+    # Then
+    assert removed == [orphan.name]
+    assert not orphan.exists() and fresh.exists() and kept.exists()
+    fresh.unlink()
+
+
 def test_no_file_is_a_bad_request(client, admin):
     _, headers = admin
     cases: list[dict[str, Any]] = [

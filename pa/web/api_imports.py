@@ -15,6 +15,8 @@ columns (422). A refused upload leaves no file and no job.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +30,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pa import imports, jobs
-from pa.errors import Invalid, TooLarge, Unprocessable
+from pa.errors import Invalid, TooLarge, Unavailable, Unprocessable
 from pa.models import Role
 from pa.queue import JobType
 from pa.settings import settings
 from pa.web.auth import require_user
 from pa.web.responses import accepted, from_error
+
+log = logging.getLogger(__name__)
 
 FIELD = "file"
 #: besides the file: the multipart envelope and any small fields
@@ -160,8 +164,9 @@ def _too_large() -> TooLarge:
 async def receive_csv(request: Request, max_bytes: int, dest: Path) -> str:
     """Stream the `file` part of a multipart request into `dest` and check it.
 
-    Returns the file's original name. Raises Invalid (400), TooLarge (413) or
-    Unprocessable (422), and then `dest` does not exist.
+    Returns the file's original name. Raises Invalid (400), TooLarge (413),
+    Unprocessable (422) or, when the disk is full, Unavailable (503), and then `dest`
+    does not exist.
     """
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
@@ -194,12 +199,24 @@ async def receive_csv(request: Request, max_bytes: int, dest: Path) -> str:
         if receiver.size == 0:
             raise Unprocessable("The file is empty.", field=FIELD)
         imports.header_from_bytes(bytes(receiver.header))
+        await run_in_threadpool(receiver.close)  # (a full disk may show only here)
+    except OSError as exc:
+        # The data folder is full (or failing): nothing is kept, the client may retry.
+        _discard(receiver, dest)
+        log.error("upload not stored: %s", exc)
+        raise Unavailable("The server has no room for the file now; try again later.",
+                          field=FIELD) from None
     except BaseException:
-        receiver.close()
-        dest.unlink(missing_ok=True)
+        _discard(receiver, dest)
         raise
-    receiver.close()
     return receiver.filename
+
+
+def _discard(receiver: _Receiver, dest: Path) -> None:
+    """Remove a refused upload's file (its close may fail too: the disk is full)."""
+    with contextlib.suppress(OSError):
+        receiver.close()
+    dest.unlink(missing_ok=True)
 
 
 async def import_users(request: Request) -> Response:
