@@ -263,6 +263,42 @@ def test_cancelling_while_rendering_stops_the_workers_and_leaves_no_file(consume
     wait_for(lambda: not render_workers(), timeout=10, message="render workers to exit")
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie nobody reaped is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_render_workers_die_with_the_consumer_that_started_them() -> None:
+    # Given: a process with the report renderer's workers started, as a consumer has
+    # while a report renders
+    import signal
+    import sys
+
+    script = ("import os, time\n"
+              "from pa.reports import render\n"
+              "pool = render._executor(2)\n"
+              "print(pool.submit(os.getpid).result(), flush=True)\n"
+              "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        assert _running(worker)
+        # When: it is killed without a chance to clean up
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        # Then: its workers do not outlive it
+        wait_for(lambda: not _running(worker), timeout=10,
+                 message=f"render worker {worker} to die with its parent")
+    finally:
+        parent.kill()
+
+
 def test_a_second_run_after_a_crash_replaces_what_the_first_left(consumer):
     # Given: a job whose earlier run died mid-write, leaving a temporary file and a
     # stale file under the final name

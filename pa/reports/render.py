@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -73,14 +75,9 @@ def render_chunks(
     """
     if not can_fork_workers():
         return _render_here(htmls, on_done, check)
-    # spawn, not fork: the consumer has threads (Huey workers, Redis, the database
-    # pool) whose locks a forked child would inherit in whatever state they were in.
     # Even a one-chunk report renders in a worker process: WeasyPrint stays out of the
     # consumer, whose other threads would otherwise wait on the GIL while it lays out.
-    executor = ProcessPoolExecutor(
-        max_workers=max(1, min(workers, len(htmls))),
-        mp_context=multiprocessing.get_context("spawn"),
-    )
+    executor = _executor(max(1, min(workers, len(htmls))))
     finished = False
     try:
         futures: dict[Future[RenderedChunk], int] = {
@@ -102,6 +99,27 @@ def render_chunks(
             executor.shutdown(wait=True)
         else:
             _kill(executor)
+
+
+def _executor(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: the consumer has threads (Huey workers, Redis, the database
+    # pool) whose locks a forked child would inherit in whatever state they were in.
+    return ProcessPoolExecutor(max_workers=workers,
+                               mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_die_with, initargs=(os.getpid(),))
+
+
+def _die_with(parent: int) -> None:
+    """In each worker: be killed when the consumer dies, however it dies. A consumer
+    SIGKILLed mid-report used to leave its workers behind, ~90 MB each, for good
+    (bench/chaos.py)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before that was set
+        os._exit(1)
 
 
 def _render_here(
