@@ -16,9 +16,12 @@ manager, of an HR admin and of the admin watch their jobs. The faults, in turn:
   disk-full      the data folder full (a ballast file) for 30 s while reports are written
   web-kill       web process B SIGKILLed during uploads, started again
 
-For each fault: jobs in flight when it began, jobs accepted until it ended, and the
-time to recover: from the fault's end until every job accepted before then was
-final. Then, for all of them: every job that got a 202 is final; lost (not final),
+For each fault: jobs in flight when it began, jobs accepted until it ended, the jobs
+still unfinished at its end, and two times from its end: until each of those was
+queued again (a retry put off by its delay is queued when Huey holds it scheduled),
+running or done (DESIGN.md's recovery times), and until every job accepted before its
+end was final (the backlog included). Then, for all of them: every job that got a 202
+is final; lost (not final),
 duplicated (a mail delivered twice, an import's users twice), failed; every mail of a
 completed email job arrived once; every completed report is a whole PDF; no temporary
 or orphaned file is left in the data folder; each socket saw every job of its user end.
@@ -229,7 +232,7 @@ class Chaos:
         self.consumers: list[ConsumerProcess] = []
         self.webs: list[WebProcess] = []
         self.accepted = Accepted()
-        self.rows: list[tuple[str, int, int, float | None]] = []
+        self.rows: list[tuple[str, int, int, int, float | None, float | None]] = []
 
     # ---------------------------------------------------------------- processes
     def consumer(self) -> ConsumerProcess:
@@ -308,6 +311,55 @@ class Chaos:
         with db.read() as conn:
             return dict(conn.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all())
 
+    def wait_moving(self, ids: list[str], since: float, timeout: float) -> float | None:
+        """Seconds until each job of `ids` is final, has started an attempt after
+        `since`, or is pending with its task back in Huey's queue (DESIGN.md's recovery
+        times: a caught job is queued or runs again)."""
+        from datetime import UTC, datetime
+
+        from sqlalchemy import select
+
+        from pa import db
+        from pa.models import Job
+        from pa.queue import create_huey, missing_from_queue
+
+        huey = create_huey(self.redis.url, self.data)
+        moment = datetime.fromtimestamp(since, UTC).replace(tzinfo=None)
+        start = time.time()
+        while time.time() - start < timeout:
+            try:
+                with db.read() as conn:
+                    rows = conn.execute(select(Job.id, Job.status, Job.started_at)
+                                        .where(Job.id.in_(ids))).all()
+                # not final, and not started since: each must be pending and queued
+                waiting = [(i, st) for i, st, at in rows if st not in FINAL
+                           and (at is None or at.replace(tzinfo=None) <= moment)]
+                if all(st == "pending" for _, st in waiting) and not missing_from_queue(
+                        huey, [i for i, _ in waiting]):
+                    return time.time() - start
+            except Exception:
+                pass  # the database or Redis may be down at this moment
+            time.sleep(0.2)
+        return None
+
+    def slowest(self, ids: list[str], since: float) -> None:
+        """Print the jobs that ended last after a fault (what its recovery waited on)."""
+        from sqlalchemy import select
+
+        from pa import db
+        from pa.models import Job
+
+        with db.read() as conn:
+            rows = conn.execute(
+                select(Job.type, Job.attempts, Job.created_at, Job.started_at,
+                       Job.completed_at, Job.error)
+                .where(Job.id.in_(ids)).order_by(Job.completed_at.desc()).limit(3)).all()
+        for r in rows:
+            print(f"  ended last: {r.type}, attempt {r.attempts}, created "
+                  f"{r.created_at:%H:%M:%S}, started {r.started_at:%H:%M:%S}, ended "
+                  f"{r.completed_at:%H:%M:%S}; error of an earlier attempt: "
+                  f"{(r.error or '-')[:120]}", flush=True)
+
     def wait_final(self, ids: list[str], timeout: float) -> float | None:
         """Seconds until every job of `ids` is final (None: not within `timeout`)."""
         start = time.time()
@@ -345,12 +397,22 @@ class Chaos:
                   flush=True)
             self.FAULTS[name](self)
             ended = time.time()
-            accepted = len([i for i in self.accepted.before(ended)
-                            if self.accepted.jobs[i][1] >= begun])
-            recovered = self.wait_final(self.accepted.before(ended), 180)
-            print(f"{time.strftime('%H:%M:%S')} fault {name}: over; recovered in "
-                  f"{'-' if recovered is None else f'{recovered:.1f} s'}", flush=True)
-            self.rows.append((name, in_flight, accepted, recovered))
+            before = self.accepted.before(ended)
+            accepted = len([i for i in before if self.accepted.jobs[i][1] >= begun])
+            try:
+                caught = [i for i, st in self.statuses(before).items() if st not in FINAL]
+            except Exception:  # (the database is still coming back)
+                time.sleep(2)
+                caught = [i for i, st in self.statuses(before).items() if st not in FINAL]
+            moving = self.wait_moving(caught, ended, 180)
+            final = self.wait_final(before, 180)
+            recovered = None if final is None else time.time() - ended
+            print(f"{time.strftime('%H:%M:%S')} fault {name}: over; {len(caught)} caught, "
+                  f"queued or running again in {'-' if moving is None else f'{moving:.1f} s'}, all "
+                  f"final in {'-' if recovered is None else f'{recovered:.1f} s'}", flush=True)
+            self.rows.append((name, in_flight, accepted, len(caught), moving, recovered))
+            if recovered is not None and recovered > 30:
+                self.slowest(before, ended)
             time.sleep(3)
         load.finish()
         return self.check(watcher)
@@ -426,12 +488,16 @@ class Chaos:
                             and i not in watcher.seen[self.scene.admin.email]])
 
         print()
-        print("| fault | jobs in flight at its start | accepted during it | "
-              "time to recover (all accepted before its end final) |")
-        print("|---|---|---|---|")
-        for name, in_flight, accepted, recovered in self.rows:
-            print(f"| {name} | {in_flight} | {accepted} | "
-                  f"{'not within 180 s' if recovered is None else f'{recovered:.1f} s'} |")
+        def secs(value: float | None) -> str:
+            return "not within 180 s" if value is None else f"{value:.1f} s"
+
+        print("| fault | in flight at its start | accepted during it | unfinished at its end "
+              "| time to recover: each of those queued again, running or done | every job "
+              "accepted before its end final |")
+        print("|---|---|---|---|---|---|")
+        for name, in_flight, accepted, caught, moving, recovered in self.rows:
+            print(f"| {name} | {in_flight} | {accepted} | {caught} | {secs(moving)} | "
+                  f"{secs(recovered)} |")
         print()
         print(f"jobs accepted (202): {len(ids):,}; by kind and status: "
               + ", ".join(f"{k} {s} {n}" for (k, s), n in sorted(statuses.items())))
@@ -453,7 +519,8 @@ class Chaos:
         if failed:
             print("failed jobs (first 5): " + "; ".join(f"{k}: {e}" for k, e in failed[:5]))
         # a fault shorter than a job's retries must not make it fail
-        problems = (len(failed) + sum(r[3] is None for r in self.rows) + len(lost)
+        problems = (len(failed) + sum(r[4] is None or r[5] is None for r in self.rows)
+                    + len(lost)
                     + len(unaccepted_unfinished) + len(mail_missing) + len(mail_dupes)
                     + len(import_dupes) + len(partial) + len(bad_files) + len(stray)
                     + len(orphans) + sum(unseen.values()) + admin_unseen)
