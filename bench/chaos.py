@@ -352,13 +352,12 @@ class Chaos:
         with db.read() as conn:
             rows = conn.execute(
                 select(Job.type, Job.attempts, Job.created_at, Job.started_at,
-                       Job.completed_at, Job.error)
+                       Job.completed_at)
                 .where(Job.id.in_(ids)).order_by(Job.completed_at.desc()).limit(3)).all()
         for r in rows:
             print(f"  ended last: {r.type}, attempt {r.attempts}, created "
                   f"{r.created_at:%H:%M:%S}, started {r.started_at:%H:%M:%S}, ended "
-                  f"{r.completed_at:%H:%M:%S}; error of an earlier attempt: "
-                  f"{(r.error or '-')[:120]}", flush=True)
+                  f"{r.completed_at:%H:%M:%S}", flush=True)
 
     def wait_final(self, ids: list[str], timeout: float) -> float | None:
         """Seconds until every job of `ids` is final (None: not within `timeout`)."""
