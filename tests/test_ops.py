@@ -239,7 +239,7 @@ async def _socket(server: LiveServer, token: str) -> Any:
 
 async def _ops_until(ws: Any, predicate: Any) -> dict[str, Any]:
     for _ in range(30):
-        message = await next_message(ws, timeout=10)
+        message = await next_message(ws, timeout=10, ops=True)
         if message["type"] == "ops" and predicate(message["data"]):
             data: dict[str, Any] = message["data"]
             return data

@@ -135,10 +135,17 @@ async def open_socket(server: LiveServer, cookie: str | None = None,
                          **options)
 
 
-async def next_message(ws: ClientConnection, timeout: float = 15) -> dict[str, Any]:
-    raw = await asyncio.wait_for(ws.recv(), timeout)
-    message: dict[str, Any] = json.loads(raw)
-    return message
+async def next_message(ws: ClientConnection, timeout: float = 15,
+                       ops: bool = False) -> dict[str, Any]:
+    """The socket's next message; an admin's sockets also get the operators' overview
+    every few seconds, which is skipped unless `ops`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        raw = await asyncio.wait_for(ws.recv(), max(left, 0.001))
+        message: dict[str, Any] = json.loads(raw)
+        if ops or message["type"] != "ops":
+            return message
 
 
 async def read_until(ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool],
