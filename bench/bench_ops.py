@@ -2,16 +2,19 @@
 table (100,000 jobs in all), submits and the drain with an admin's socket open (the
 web process builds the overview and pushes it to it at most once a second) beside
 the same run without a socket, and with the manager's socket, which gets the same
-job events without the overviews; each mode in turn, every round.
+job events without the overviews. Admin against manager is the overview's own cost.
 
 One web process (run_web.py) and one consumer (run_consumer.py -w 2) on a local
 Redis and the chosen database; the 10,000 jobs are reports of a paused type, so
-they stay pending (counted by every overview) while email jobs flow. Each round:
-16 clients submit-to-hr as fast as answers come for 10 s, then the time until the
-consumer has finished every email of the round (the drain). Also: one overview's
-build time, in this process, on the same table.
+they stay pending (counted by every overview) while email jobs flow. Each mode:
+16 clients submit-to-hr as fast as answers come for --seconds, then the time until
+the consumer has finished every email of it (the drain), and the CPU the web
+process and the consumer used meanwhile, per job. The modes take turns in every
+order (ABC, BCA, CAB, CBA, ACB, BAC, ...): the machine drifts during a run and the
+table grows, so a fixed order would charge the drift to the mode that comes last.
+Also: one overview's build time, in this process, on the same table.
 
-Usage: .venv/bin/python bench/bench_ops.py [--db sqlite|postgres] [--rounds 2]
+Usage: .venv/bin/python bench/bench_ops.py [--db sqlite|postgres] [--rounds 6] [--seconds 8]
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_spine import Consumers, answers, login, seed, setup_env, start_web  # noqa: E402
+from bench.bench_spine import (  # noqa: E402
+    Consumers,
+    answers,
+    login,
+    process_cpu,
+    seed,
+    setup_env,
+    start_web,
+)
 from bench.loadgen import closed_loop, post  # noqa: E402
 from tests.services import free_port, wait_for  # noqa: E402
 
@@ -85,7 +96,8 @@ def emails_done() -> int:
             Job.type == "email_notification", Job.status == "completed")).scalar_one())
 
 
-async def one_round(port: int, ids: object, manager: str, admin: str | None) -> dict:
+async def one_round(port: int, ids: object, manager: str, admin: str | None,
+                    seconds: float, pids: tuple[int, int]) -> dict:
     import websockets
 
     host = f"127.0.0.1:{port}"
@@ -102,26 +114,59 @@ async def one_round(port: int, ids: object, manager: str, admin: str | None) -> 
 
         listener = asyncio.create_task(listen())
     before = await asyncio.to_thread(emails_done)
+    cpu_before = [process_cpu(pid) for pid in pids]
+    built_before = overviews_built(port)
 
     def make() -> bytes:
         return post(f"/api/reviews/{next(ids)}/submit-to-hr", host, manager)  # type: ignore[call-overload]
 
-    r = await closed_loop("127.0.0.1", port, 16, 10, make)
+    r = await closed_loop("127.0.0.1", port, 16, seconds, make)
     submitted = r.statuses.get(202, 0)
     await asyncio.to_thread(wait_for, lambda: emails_done() - before >= submitted, 300, 0.05,
                             "the drain")
     drain_s = time.perf_counter() - r.started
+    web_cpu, consumer_cpu = (process_cpu(pid) - b for pid, b in zip(pids, cpu_before,
+                                                                        strict=True))
+    builds, build_s = (a - b for a, b in zip(overviews_built(port), built_before, strict=True))
     if ws is not None:
         listener.cancel()  # type: ignore[union-attr]
         await ws.close()
     return {"rps": r.rate, "p99": r.pct(99), "submitted": submitted,
-            "drain": submitted / drain_s, "ops": ops_messages[0]}
+            "drain": submitted / drain_s, "ops": ops_messages[0],
+            "web_us": web_cpu / submitted * 1e6, "consumer_us": consumer_cpu / submitted * 1e6,
+            "build_ms": build_s / builds * 1000 if builds else 0.0,
+            "build_share": build_s / drain_s}
+
+
+def overviews_built(port: int) -> tuple[float, float]:
+    """(overviews built, seconds they took) so far, from the web's GET /metrics."""
+    import http.client
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    found = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return found["pa_ops_overviews_total"], found["pa_ops_overview_seconds_total"]
+
+
+#: every order of the three modes once, so that each mode is first, second and third
+#: equally often over six rounds
+ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0), (0, 2, 1), (1, 0, 2))
+
+
+def spread(values: list[float]) -> str:
+    return (f"median {statistics.median(values):+.1%}, "
+            f"{min(values):+.1%} to {max(values):+.1%}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="how long the clients submit in each mode")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pa-bench-ops-"))
     pg = None
@@ -136,7 +181,8 @@ def main() -> None:
     redis_server = setup_env(root, database_url)
     web = None
     try:
-        lo, hi = seed(120_000)  # (a review per submit: ~8,000 per mode and round)
+        # A review per submit: up to ~1,000 submits a second in each mode and round.
+        lo, hi = seed(int(args.rounds * 3 * args.seconds * 1_200))
         add_jobs(PENDING, FINISHED)
         from pa import ops
 
@@ -164,20 +210,35 @@ def main() -> None:
                  ("admin socket (events + overviews)", admin))
         results: dict[str, list[dict]] = {name: [] for name, _ in modes}
         try:
-            for round_ in range(1, args.rounds + 1):
-                for name, cookie in modes:
-                    got = asyncio.run(one_round(port, ids, manager, cookie))
+            for round_ in range(args.rounds):
+                for index in ORDERS[round_ % len(ORDERS)]:
+                    name, cookie = modes[index]
+                    got = asyncio.run(one_round(port, ids, manager, cookie, args.seconds,
+                                                (web.pid, consumers.proc.pid)))  # type: ignore[union-attr]
                     results[name].append(got)
-                    print(f"round {round_}, {name}: submit {got['rps']:,.0f} req/s "
+                    print(f"round {round_ + 1}, {name}: submit {got['rps']:,.0f} req/s "
                           f"(p99 {got['p99']:.1f} ms), drain {got['drain']:,.0f} jobs/s, "
-                          f"{got['submitted']:,} jobs, {got['ops']} overviews pushed",
-                          flush=True)
+                          f"{got['submitted']:,} jobs, CPU per job: web {got['web_us']:,.0f} us, "
+                          f"consumer {got['consumer_us']:,.0f} us; "
+                          f"{got['ops']} overviews pushed"
+                          + (f" ({got['build_ms']:.1f} ms each, {got['build_share']:.1%} of "
+                             "the time)" if got["ops"] else ""), flush=True)
         finally:
             consumers.stop()
         for name, runs in results.items():
             print(f"median, {name}: submit "
                   f"{statistics.median(r['rps'] for r in runs):,.0f} req/s, drain "
-                  f"{statistics.median(r['drain'] for r in runs):,.0f} jobs/s")
+                  f"{statistics.median(r['drain'] for r in runs):,.0f} jobs/s, CPU per job: web "
+                  f"{statistics.median(r['web_us'] for r in runs):,.0f} us, consumer "
+                  f"{statistics.median(r['consumer_us'] for r in runs):,.0f} us")
+        # Paired by round: each round ran the three modes back to back.
+        names = [name for name, _ in modes]
+        for a, b in ((names[2], names[1]), (names[1], names[0])):
+            pairs = list(zip(results[a], results[b], strict=True))
+            print(f"{a} against {b}, by round: "
+                  f"submit {spread([x['rps'] / y['rps'] - 1 for x, y in pairs])}; "
+                  f"drain {spread([x['drain'] / y['drain'] - 1 for x, y in pairs])}; "
+                  f"web CPU per job {spread([x['web_us'] / y['web_us'] - 1 for x, y in pairs])}")
     finally:
         if web is not None:
             web.terminate()

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Table, func, insert, select, text, update
 
 from pa import db, jobs
 from pa.errors import Conflict, NotFound
-from pa.models import FiscalYear, Job, JobStatus, Review, ReviewStatus
+from pa.models import FiscalYear, Job, JobStatus, Review, ReviewStatus, iso
 from pa.queue import JobType
 from pa.settings import settings
 
@@ -41,11 +41,6 @@ _RUNNING = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
 #: first key of PostgreSQL advisory locks on a fiscal year ("pa")
 _LOCK_SPACE = 0x7061
 
-
-
-def _iso(value: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z, as in the Job object."""
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 class YearState(enum.StrEnum):
     #: its reviews may change
@@ -164,7 +159,7 @@ def list_years() -> list[dict[str, Any]]:
         e = entry(c.year)
         closed = c.closed_at is not None
         e["state"] = (YearState.CLOSED if closed else YearState.CLOSING).value
-        e["closedAt"] = _iso(c.closed_at)
+        e["closedAt"] = iso(c.closed_at)
         e["jobId"], e["jobStatus"] = c.job_id, c.status
         if closed:
             e["downloadUrl"] = f"/api/fiscal-years/{c.year}/archive"

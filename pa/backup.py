@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pa import db, jobs
 from pa.errors import Conflict, Invalid, NotFound, PaError, PermanentJobError, Unavailable
-from pa.models import Job, JobStatus
+from pa.models import Job, JobStatus, iso
 from pa.queue import JobType
 from pa.settings import settings
 
@@ -46,11 +46,6 @@ _CHUNK = 1 << 20
 Check = Callable[[], None]
 Step = Callable[[int, int, str], None]
 
-
-
-def _iso(value: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z, as in the Job object."""
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 def backups_dir() -> Path:
     return settings.data_dir / "backups"
@@ -101,7 +96,7 @@ def listing() -> list[dict[str, Any]]:
     job_of = {r.result["name"]: r.id for r in rows if isinstance(r.result, dict)
               and "name" in r.result}
     return [
-        {"name": b.name, "bytes": b.bytes, "createdAt": _iso(b.created_at),
+        {"name": b.name, "bytes": b.bytes, "createdAt": iso(b.created_at),
          # None when the job was pruned (PA_JOB_RETENTION_DAYS) or ran elsewhere
          "jobId": job_of.get(b.name), "downloadUrl": f"/api/admin/backups/{b.name}"}
         for b in list_backups()
@@ -137,7 +132,7 @@ def submit_backup(user_id: int | None) -> dict[str, Any]:
 
 def create_scheduled_backup(slot: datetime) -> dict[str, Any] | None:
     """The backup job of schedule slot `slot`, once however many consumers ask; else None."""
-    stamp = _iso(slot.astimezone(UTC).replace(second=0, microsecond=0))
+    stamp = iso(slot.astimezone(UTC).replace(second=0, microsecond=0))
     try:
         with db.begin() as conn:
             # Periodic jobs belong to nobody (only admins see them).

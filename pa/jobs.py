@@ -26,10 +26,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from pa import db, events, queue
 from pa.errors import Conflict, Invalid, NotFound
-from pa.models import FINAL_STATUSES, Job, JobStatus, PausedType, Role
+from pa.models import FINAL_STATUSES, Job, JobStatus, PausedType, Role, iso
 from pa.queue import JOB_SPECS, EventCarryingStorage, JobType, add_commands
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ _FINAL = tuple(s.value for s in FINAL_STATUSES)
 # Built once and run with a parameter dict: building (and cache-keying) an INSERT
 # with .values() on every call cost about as much as the insert itself.
 _INSERT = db.Prepared(insert(jobs_table).returning(*_ALL))
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def progress_dict(current: int | None, total: int | None,
@@ -74,15 +71,23 @@ def job_to_dict(row: RowMapping | Mapping[str, Any]) -> dict[str, Any]:
         "error": row["error"],
         "cancelRequested": row["cancel_requested"],
         #: when a pending job waits for its retry: not before this time
-        "runAfter": _iso(row["run_after"]),
-        "createdAt": _iso(row["created_at"]),
-        "startedAt": _iso(row["started_at"]),
-        "completedAt": _iso(row["completed_at"]),
-        "updatedAt": _iso(row["updated_at"]),
+        "runAfter": iso(row["run_after"]),
+        "createdAt": iso(row["created_at"]),
+        "startedAt": iso(row["started_at"]),
+        "completedAt": iso(row["completed_at"]),
+        "updatedAt": iso(row["updated_at"]),
         "version": row["version"],
         "userId": row["user_id"],
         "downloadUrl": f"/api/jobs/{row['id']}/download" if has_file else None,
     }
+
+
+def due(now: datetime | BindParameter[Any]) -> ColumnElement[bool]:
+    """The pending jobs whose time has come (not waiting for a retry's run_after):
+    those a consumer may claim at `now` (a datetime or a bound parameter)."""
+    c = jobs_table.c
+    return and_(c.status == JobStatus.PENDING.value,
+                or_(c.run_after.is_(None), c.run_after <= now))
 
 
 def create(
@@ -331,8 +336,7 @@ def _claim_statement() -> Any:
     now = bindparam("c_now", type_=c.updated_at.type)
     return (
         update(jobs_table)
-        .where(c.id == bindparam("c_id"), c.status == JobStatus.PENDING.value,
-               or_(c.run_after.is_(None), c.run_after <= now),
+        .where(c.id == bindparam("c_id"), due(now),
                # A paused type's job stays pending; resuming the type queues it again.
                ~exists().where(paused_table.c.type == c.type))
         .values(status=JobStatus.PROCESSING.value, attempts=c.attempts + 1,

@@ -2,8 +2,9 @@
 
 The web: `GET /metrics` serves the request counters and durations of that process
 (by route template, counted by MetricsMiddleware) and, read at scrape time, the jobs
-by status, the queues, the consumers and this process's sockets. Each app has its
-own registry (a process may build several apps: the tests do).
+by status, the queues, the consumers, this process's sockets and what building the
+operators' overview for them has cost. Each app has its own registry (a process may
+build several apps: the tests do).
 
 A consumer started with `--metrics-port P` serves, on PA_METRICS_HOST:P, the jobs
 its threads ran: how they ended, how long they ran, how long they had waited.
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, start_http_server
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -32,10 +33,19 @@ from pa.settings import settings
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
 
 
+class Sockets(Protocol):
+    """This web process's sockets (pa.web.hub.Hub)."""
+
+    overviews_built: int
+    overview_seconds: float
+
+    def count(self) -> int: ...
+
+
 class StateCollector(Collector):
     """What the database says at scrape time, and this process's sockets."""
 
-    def __init__(self, sockets: Callable[[], int]) -> None:
+    def __init__(self, sockets: Sockets) -> None:
         self.sockets = sockets
 
     def collect(self) -> Iterable[Metric]:
@@ -62,13 +72,19 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("pa_consumers", "Consumer processes that beat lately.",
                                 value=sum(1 for x in overview["consumers"] if not x["silent"]))
         yield GaugeMetricFamily("pa_websocket_connections",
-                                "WebSockets open on this web process.", value=self.sockets())
+                                "WebSockets open on this web process.",
+                                value=self.sockets.count())
+        yield CounterMetricFamily("pa_ops_overviews", "Overviews built for admins' sockets.",
+                                  value=self.sockets.overviews_built)
+        yield CounterMetricFamily("pa_ops_overview_seconds",
+                                  "Seconds spent building overviews for admins' sockets.",
+                                  value=self.sockets.overview_seconds)
 
 
 class WebMetrics:
     """One app's registry: its request metrics and the state collector."""
 
-    def __init__(self, routes: list[BaseRoute], sockets: Callable[[], int],
+    def __init__(self, routes: list[BaseRoute], sockets: Sockets,
                  token: str | None = None) -> None:
         #: PA_METRICS_TOKEN
         self.token = token

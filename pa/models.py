@@ -39,6 +39,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value is not None else None
 
 
+def iso(value: datetime | None) -> str | None:
+    """A time as the API and the events write it: ISO 8601 UTC with a Z."""
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
 class Role(str, enum.Enum):
     EMPLOYEE = "employee"
     MANAGER = "manager"

@@ -8,7 +8,6 @@ nobody, so they see their own only.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, NoReturn, cast
 
 from sqlalchemy import (
@@ -28,7 +27,7 @@ from sqlalchemy import (
 
 from pa import db, jobs
 from pa.errors import Conflict, Forbidden, Invalid, NotFound
-from pa.models import FiscalYear, Review, ReviewStatus, Role, User
+from pa.models import FiscalYear, Review, ReviewStatus, Role, User, iso
 from pa.queue import JobType
 
 reviews_table = cast(Table, Review.__table__)
@@ -53,10 +52,6 @@ _FROM = reviews_table.join(_employee, _employee.c.id == reviews_table.c.employee
 )
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
 def review_to_dict(row: RowMapping) -> dict[str, Any]:
     """The Review object of the API (camelCase)."""
     return {
@@ -73,8 +68,8 @@ def review_to_dict(row: RowMapping) -> dict[str, Any]:
         "overallRating": row["overall_rating"],
         "goals": row["goals"],
         "managerComments": row["manager_comments"],
-        "submittedAt": _iso(row["submitted_at"]),
-        "updatedAt": _iso(row["updated_at"]),
+        "submittedAt": iso(row["submitted_at"]),
+        "updatedAt": iso(row["updated_at"]),
     }
 
 

@@ -94,9 +94,11 @@ def clean_state(redis_server: RedisServer, smtp_server: SmtpServer) -> Iterator[
     client.flushall()
     client.close()
     smtp_server.handler.reset()
-    from pa import ops
+    from pa import estimates, job_stats
 
-    ops.forget_queue_state()  # (an estimate is reused for a second)
+    # (estimates are reused for a second, recent run times for longer)
+    estimates.forget()
+    job_stats.forget()
     yield
 
 

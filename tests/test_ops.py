@@ -8,19 +8,23 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import insert
 from starlette.testclient import TestClient
 from websockets.asyncio.client import connect
 
-from pa import db, jobs, ops, queue
+from pa import db, estimates, job_stats, jobs, ops, queue
 from pa.models import ConsumerProcess, JobStatus, Role
 from pa.queue import JobType
+from pa.web import hub
 from pa.worker import reap, start_embedded, stop_embedded
 from tests.factories import make_token, make_user
+from tests.test_metrics import samples
 from tests.services import wait_final, wait_for
 from tests.web_fixtures import LiveServer, app_client, live_server, next_message
 
@@ -117,6 +121,52 @@ def test_the_overview_counts_jobs_in_known_states(admin: TestClient) -> None:
     assert again["jobs"]["failedLastHour"] == 2 and again["jobs"]["completedLastHour"] == 4
 
 
+def _finished_at(job_type: JobType, status: str, at: Any) -> None:
+    """A job that finished (`status`) at `at`."""
+    job = jobs.submit(job_type, PAYLOADS[job_type], None)
+    with db.begin() as conn:
+        conn.execute(jobs.jobs_table.update().where(jobs.jobs_table.c.id == job["id"])
+                     .values(status=status, started_at=at, completed_at=at, updated_at=at))
+
+
+def test_finishes_per_minute_are_counted_once_as_time_passes() -> None:
+    # Given: finishes two minutes and 30 s before T (10 s into a minute) and at T, and
+    # a counter that reads them as time goes by (each read is given its `now`)
+    t = db.utcnow().replace(second=10, microsecond=0)
+    for _ in range(3):
+        _finished_at(EMAIL, "completed", t - timedelta(minutes=2))
+    _finished_at(REPORT, "failed", t - timedelta(seconds=30))
+    _finished_at(EMAIL, "completed", t)
+    counter = job_stats.FinishedPerMinute()
+
+    def read(now: Any) -> dict[tuple[str, str], int]:
+        with db.read() as conn:
+            counts = counter.last_hour(conn, now)
+        totals: dict[tuple[str, str], int] = {}
+        for (_, job_type, status), n in counts.items():
+            totals[job_type, status] = totals.get((job_type, status), 0) + n
+        return totals
+
+    expected = {("email_notification", "completed"): 4, ("generate_report", "failed"): 1}
+    # When / Then: the newest finish is counted afresh, then for good, never twice
+    assert read(t + timedelta(seconds=1)) == expected
+    assert read(t + timedelta(seconds=2)) == expected
+    assert read(t + timedelta(seconds=job_stats.SETTLE + 5)) == expected
+    # ... a finish after the last read is counted by the next
+    _finished_at(EMAIL, "failed", t + timedelta(seconds=job_stats.SETTLE + 6))
+    expected["email_notification", "failed"] = 1
+    assert read(t + timedelta(seconds=job_stats.SETTLE + 7)) == expected
+    # ... each in its minute
+    with db.read() as conn:
+        counts = counter.last_hour(conn, t + timedelta(seconds=job_stats.SETTLE + 8))
+    early = (t - timedelta(minutes=2)).strftime(job_stats.MINUTE)
+    assert counts[early, "email_notification", "completed"] == 3
+    # ... and the minutes older than the hour drop out
+    assert read(t + timedelta(minutes=59, seconds=30)) == {
+        ("email_notification", "completed"): 1, ("email_notification", "failed"): 1}
+    assert read(t + timedelta(minutes=62)) == {}
+
+
 def test_the_estimate_of_a_queue_of_known_jobs(admin: TestClient) -> None:
     # Given: emails that ran 6 s each, two consumer threads, five emails waiting and
     # a report behind them (reports have not run lately: nothing to estimate from)
@@ -143,7 +193,7 @@ def test_the_estimate_of_a_queue_of_known_jobs(admin: TestClient) -> None:
     # ... and without a consumer, nobody can say when a job starts
     with db.begin() as conn:
         conn.execute(ConsumerProcess.__table__.delete())
-    ops.forget_queue_state()
+    estimates.forget()
     got = admin.get(f"/api/jobs/{waiting[2]['id']}").json()["data"]
     assert got["queue"] == {"ahead": 2, "startsIn": None, "finishesIn": None}
 
@@ -225,11 +275,48 @@ def test_admins_sockets_get_the_overview_live_and_others_never() -> None:
                 with pytest.raises(TimeoutError):
                     got.append(await next_message(manager_ws, timeout=2.5))
                 assert [m["type"] for m in got] == ["job"]
+                # ... and the web's metrics count the overviews and what they cost
+                async with httpx.AsyncClient() as client:
+                    scrape = (await client.get(f"{server.url}/metrics")).text
+                got_metrics = samples(scrape)
+                assert got_metrics[("pa_ops_overviews_total", ())] >= 2
+                assert got_metrics[("pa_ops_overview_seconds_total", ())] > 0
             finally:
                 await admin_ws.close()
                 await manager_ws.close()
 
         asyncio.run(scenario())
+
+
+def test_a_slow_overview_is_built_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given: a hub that may build an overview every 0.05 s, and overviews that take 0.2 s
+    monkeypatch.setattr(hub, "OPS_INTERVAL", 0.05)
+    monkeypatch.setattr(hub, "OPS_IDLE", 0.0)  # (one each time, changes or not)
+    built: list[float] = []
+
+    def slow_overview() -> dict[str, Any]:
+        time.sleep(0.2)
+        built.append(time.monotonic())
+        return {"built": len(built)}
+
+    async def scenario() -> list[dict[str, Any]]:
+        event_hub = hub.Hub(overview=slow_overview)
+        sub = event_hub.register(1, is_admin=True)
+        await event_hub.start()
+        await asyncio.sleep(3)
+        queued = [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+        await event_hub.stop()
+        assert event_hub.overviews_built == len(built)
+        assert event_hub.overview_seconds >= 0.2 * len(built)
+        return [m for m in queued if isinstance(m, str)]
+
+    # When
+    sent = asyncio.run(scenario())
+    # Then: each build waits long enough that building takes at most OPS_BUDGET of the time
+    assert 1 <= len(built) <= 2, built
+    assert all(later - earlier >= 0.2 / hub.OPS_BUDGET
+               for earlier, later in zip(built, built[1:], strict=False))
+    assert [json.loads(m)["data"]["built"] for m in sent] == list(range(1, len(built) + 1))
 
 
 async def _socket(server: LiveServer, token: str) -> Any:

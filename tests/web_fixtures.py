@@ -52,7 +52,7 @@ def app_client(**options: Any) -> Iterator[TestClient]:
 
 def plain(job: dict[str, Any]) -> dict[str, Any]:
     """A Job object of the API or a snapshot without what only they add (`paused`,
-    `queue`: pa.ops.annotate), to compare with a job's events."""
+    `queue`: pa.estimates.annotate), to compare with a job's events."""
     assert "queue" in job and "paused" in job, job
     return {k: v for k, v in job.items() if k not in ("paused", "queue")}
 

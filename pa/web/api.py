@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pa import db, events, jobs, ops
+from pa import db, estimates, events, jobs
 from pa.errors import Invalid, NotFound, Unauthorized
 from pa.settings import settings
 from pa.web.auth import (
@@ -136,7 +136,7 @@ async def list_jobs(request: Request) -> Response:
     job_type = query_str(request, "type")
     limit = query_int(request, "limit", 50, minimum=1, maximum=500)
     def read() -> list[dict[str, Any]]:
-        return ops.annotate(jobs.list_jobs(user.id, user.role, status=status,
+        return estimates.annotate(jobs.list_jobs(user.id, user.role, status=status,
                                            job_type=job_type, limit=limit))
 
     return ok(await run_in_threadpool(read))
@@ -150,7 +150,7 @@ async def get_job(request: Request) -> Response:
     """
     user = await require_user(request)
     def read() -> dict[str, Any]:
-        return ops.annotate([jobs.get(request.path_params["job_id"], user.id, user.role)])[0]
+        return estimates.annotate([jobs.get(request.path_params["job_id"], user.id, user.role)])[0]
 
     return ok(await run_in_threadpool(read))
 

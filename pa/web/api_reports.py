@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pa import db, jobs, ops
+from pa import db, estimates, jobs
 from pa.errors import Invalid, Unprocessable
 from pa.models import Review, Role
 from pa.queue import JobType
@@ -162,7 +162,7 @@ async def list_reports(request: Request) -> Response:
     limit = query_int(request, "limit", 50, minimum=1, maximum=500)
 
     def read() -> list[dict[str, Any]]:
-        return ops.annotate(_with_scope(jobs.list_jobs(
+        return estimates.annotate(_with_scope(jobs.list_jobs(
             user.id, user.role, job_type=JobType.GENERATE_REPORT.value, limit=limit)))
 
     return ok(await run_in_threadpool(read))

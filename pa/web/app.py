@@ -142,7 +142,7 @@ def create_app(config: Settings | None = None, *,
             await db.close_on_loop()
 
     app_routes = routes()
-    web_metrics = metrics.WebMetrics(app_routes, event_hub.count, config.metrics_token)
+    web_metrics = metrics.WebMetrics(app_routes, event_hub, config.metrics_token)
     app = Starlette(
         routes=app_routes,
         middleware=[

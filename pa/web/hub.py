@@ -9,7 +9,9 @@ again after the subscription comes back from an outage.
 Admins' sockets also get the operators' overview (`{"type": "ops"}`), built once
 per web process for all of them: at most once a second while jobs change (or an
 operator paused or resumed a type), and every OPS_IDLE seconds otherwise (a
-consumer that went silent changes nothing else).
+consumer that went silent changes nothing else). However long a build takes (a
+huge table, a loaded machine), building overviews takes at most OPS_BUDGET of the
+time: a slow build spaces the next one out.
 
 `/ws` authenticates like the API. A handshake without a signed-in user is
 accepted and then closed with code 4401, because a browser can read a close code
@@ -32,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from pa import events, jobs, ops
+from pa import estimates, events, jobs, ops
 from pa.models import Role
 from pa.web.auth import current_user, session_id
 
@@ -50,6 +52,8 @@ CLOSE_ROLE_CHANGED = 4409
 CLOSE_GOING_AWAY = 1001
 #: seconds between overviews for admins while something changes, and at most between two
 OPS_INTERVAL, OPS_IDLE = 1.0, 5.0
+#: the share of the time that building overviews may take
+OPS_BUDGET = 0.05
 #: how uvicorn serves the sockets (run_web.py and the tests' server): websockets'
 #: sans-I/O protocol, which keeps no tasks of its own per socket, and no
 #: permessage-deflate. pa's messages are a few hundred bytes of JSON; compressing each
@@ -113,6 +117,9 @@ class Hub:
         self._overview = overview
         #: something the overview shows changed since it was last sent
         self.ops_dirty = True
+        #: overviews built for admins' sockets, and the seconds they took (GET /metrics)
+        self.overviews_built = 0
+        self.overview_seconds = 0.0
         self._ops_task: asyncio.Task[None] | None = None
         self._by_user: dict[int, set[Subscriber]] = {}
         self._admins: set[Subscriber] = set()
@@ -242,12 +249,11 @@ class Hub:
             await asyncio.sleep(self._delay)
             self._delay = min(self._delay * 2, RETRY_MAX)
 
-
     async def _ops_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        sent_at = -OPS_IDLE
+        sent_at, pause = -OPS_IDLE, OPS_INTERVAL
         while True:
-            await asyncio.sleep(OPS_INTERVAL)
+            await asyncio.sleep(pause)
             if not self._admins or not (self.ops_dirty or loop.time() - sent_at >= OPS_IDLE):
                 continue
             self.ops_dirty, sent_at = False, loop.time()
@@ -256,6 +262,10 @@ class Hub:
             except Exception as exc:
                 log.warning("operators' overview not built (%s)", exc)
                 continue
+            took = loop.time() - sent_at
+            self.overviews_built += 1
+            self.overview_seconds += took
+            pause = max(OPS_INTERVAL, took / OPS_BUDGET - took)
             text = json.dumps({"type": "ops", "data": data}, separators=(",", ":"))
             for sub in self._admins:
                 sub.offer(text)
@@ -289,7 +299,7 @@ async def _cancel(task: asyncio.Task[None], timeout: float = 5.0) -> None:
 
 
 def _snapshot(user_id: int, role: Role) -> list[dict[str, Any]]:
-    return ops.annotate(jobs.snapshot(user_id, role))
+    return estimates.annotate(jobs.snapshot(user_id, role))
 
 
 async def _send_loop(websocket: WebSocket, sub: Subscriber, user_id: int,
