@@ -115,6 +115,7 @@ async def one_round(port: int, ids: object, manager: str, admin: str | None,
         listener = asyncio.create_task(listen())
     before = await asyncio.to_thread(emails_done)
     cpu_before = [process_cpu(pid) for pid in pids]
+    db_before = postgres_cpu()
     built_before = overviews_built(port)
 
     def make() -> bytes:
@@ -127,6 +128,7 @@ async def one_round(port: int, ids: object, manager: str, admin: str | None,
     drain_s = time.perf_counter() - r.started
     web_cpu, consumer_cpu = (process_cpu(pid) - b for pid, b in zip(pids, cpu_before,
                                                                         strict=True))
+    db_cpu = postgres_cpu() - db_before
     builds, build_s = (a - b for a, b in zip(overviews_built(port), built_before, strict=True))
     if ws is not None:
         listener.cancel()  # type: ignore[union-attr]
@@ -134,8 +136,22 @@ async def one_round(port: int, ids: object, manager: str, admin: str | None,
     return {"rps": r.rate, "p99": r.pct(99), "submitted": submitted,
             "drain": submitted / drain_s, "ops": ops_messages[0],
             "web_us": web_cpu / submitted * 1e6, "consumer_us": consumer_cpu / submitted * 1e6,
+            "db_us": db_cpu / submitted * 1e6,
             "build_ms": build_s / builds * 1000 if builds else 0.0,
             "build_share": build_s / drain_s}
+
+
+def postgres_cpu() -> float:
+    """CPU seconds every PostgreSQL process on this machine has used so far."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += process_cpu(int(entry.name))
+            except OSError:
+                pass  # (it ended meanwhile)
+    return total
 
 
 def overviews_built(port: int) -> tuple[float, float]:
@@ -154,6 +170,11 @@ def overviews_built(port: int) -> tuple[float, float]:
 #: every order of the three modes once, so that each mode is first, second and third
 #: equally often over six rounds
 ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0), (0, 2, 1), (1, 0, 2))
+
+
+def total(run: dict) -> float:
+    """The CPU per job of the web process, the consumer and PostgreSQL together."""
+    return float(run["web_us"] + run["consumer_us"] + run["db_us"])
 
 
 def spread(values: list[float]) -> str:
@@ -186,15 +207,19 @@ def main() -> None:
         add_jobs(PENDING, FINISHED)
         from pa import ops
 
-        builds = []
+        builds, cpu = [], []
+        db_before = postgres_cpu()
         for _ in range(20):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ops.overview()
             builds.append((time.perf_counter() - t0) * 1000)
+            cpu.append((time.process_time() - c0) * 1000)
+        db_ms = (postgres_cpu() - db_before) / 20 * 1000
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
               f"database {args.db}; {PENDING:,} pending jobs, {PENDING + FINISHED:,} in the table")
         print(f"one overview, built in this process: median {statistics.median(builds):.1f} ms, "
-              f"max {max(builds):.1f} ms (20 builds)")
+              f"max {max(builds):.1f} ms (20 builds); CPU {statistics.mean(cpu):.1f} ms here"
+              + (f", {db_ms:.1f} ms in PostgreSQL" if pg else " (SQLite's work included)"))
         port = free_port()
         env = dict(os.environ, PA_PORT=str(port))
         log = open(root / "web.log", "wb")
@@ -219,7 +244,8 @@ def main() -> None:
                     print(f"round {round_ + 1}, {name}: submit {got['rps']:,.0f} req/s "
                           f"(p99 {got['p99']:.1f} ms), drain {got['drain']:,.0f} jobs/s, "
                           f"{got['submitted']:,} jobs, CPU per job: web {got['web_us']:,.0f} us, "
-                          f"consumer {got['consumer_us']:,.0f} us; "
+                          f"consumer {got['consumer_us']:,.0f} us"
+                          + (f", PostgreSQL {got['db_us']:,.0f} us" if pg else "") + "; "
                           f"{got['ops']} overviews pushed"
                           + (f" ({got['build_ms']:.1f} ms each, {got['build_share']:.1%} of "
                              "the time)" if got["ops"] else ""), flush=True)
@@ -230,7 +256,9 @@ def main() -> None:
                   f"{statistics.median(r['rps'] for r in runs):,.0f} req/s, drain "
                   f"{statistics.median(r['drain'] for r in runs):,.0f} jobs/s, CPU per job: web "
                   f"{statistics.median(r['web_us'] for r in runs):,.0f} us, consumer "
-                  f"{statistics.median(r['consumer_us'] for r in runs):,.0f} us")
+                  f"{statistics.median(r['consumer_us'] for r in runs):,.0f} us"
+                  + (f", PostgreSQL {statistics.median(r['db_us'] for r in runs):,.0f} us"
+                     if pg else ""))
         # Paired by round: each round ran the three modes back to back.
         names = [name for name, _ in modes]
         for a, b in ((names[2], names[1]), (names[1], names[0])):
@@ -238,7 +266,8 @@ def main() -> None:
             print(f"{a} against {b}, by round: "
                   f"submit {spread([x['rps'] / y['rps'] - 1 for x, y in pairs])}; "
                   f"drain {spread([x['drain'] / y['drain'] - 1 for x, y in pairs])}; "
-                  f"web CPU per job {spread([x['web_us'] / y['web_us'] - 1 for x, y in pairs])}")
+                  f"web CPU per job {spread([x['web_us'] / y['web_us'] - 1 for x, y in pairs])}; "
+                  f"all CPU per job {spread([total(x) / total(y) - 1 for x, y in pairs])}")
     finally:
         if web is not None:
             web.terminate()

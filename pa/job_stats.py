@@ -109,17 +109,18 @@ class FinishedPerMinute:
     """The jobs that finished (completed or failed) in each minute of the last hour,
     by type and status: the chart and the hour's counts.
 
-    Finishes older than SETTLE seconds are counted once, into their minute, and kept;
-    each read counts only those since then afresh. With 100 jobs finishing a second,
-    that is a few hundred rows a read instead of the up to 6,000 of the current
-    minute. The price: a finish whose commit came more than SETTLE seconds after it
-    was stamped is not counted, and a job counted when it finished stays counted if
-    it is retried.
+    Each read counts the finishes stamped since the previous read's `now` - SETTLE:
+    those older than SETTLE seconds are kept (counted for good, into their minute),
+    the newer ones are counted again by the next read. With 100 jobs finishing a
+    second, that is a few hundred rows a read instead of the up to 6,000 of the
+    current minute. The price: a finish whose commit came more than SETTLE seconds
+    after its stamp is not counted, and a job counted when it finished stays counted
+    if it is retried.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: finishes stamped before this are in _settled
+        #: finishes stamped before this are counted in _settled
         self._until: datetime | None = None
         self._settled: Counter[tuple[str, str, str]] = Counter()
 
@@ -127,33 +128,29 @@ class FinishedPerMinute:
         """(minute, type, status) → jobs, for this minute and the 59 before it."""
         start = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
         settle = now - timedelta(seconds=SETTLE)
+        c = jobs_table.c
+        minute = _minute(c.updated_at)
+        settled = (c.updated_at < settle).label("settled")
         with self._lock:
             if self._until is None or self._until < start:
                 self._until, self._settled = start, Counter()
-            if settle > self._until:
-                self._settled.update(_finished(conn, self._until, settle))
-                self._until = settle
+            rows = conn.execute(
+                select(minute, c.type, c.status, settled, func.count())
+                .where(c.status.in_((JobStatus.COMPLETED.value, JobStatus.FAILED.value)),
+                       c.updated_at >= self._until)
+                .group_by(minute, c.type, c.status, settled)).all()
+            fresh: Counter[tuple[str, str, str]] = Counter()
+            for at, job_type, status, is_settled, count in rows:
+                (self._settled if is_settled else fresh)[at, job_type, status] += count
+            self._until = max(self._until, settle)
             first = start.strftime(MINUTE)
             for key in [k for k in self._settled if k[0] < first]:
                 del self._settled[key]
-            return self._settled + _finished(conn, self._until, None)
+            return self._settled + fresh
 
     def forget(self) -> None:
         with self._lock:
             self._until = None
-
-
-def _finished(conn: Connection, since: datetime,
-              before: datetime | None) -> Counter[tuple[str, str, str]]:
-    c = jobs_table.c
-    minute = _minute(c.updated_at)
-    stmt = (select(minute, c.type, c.status, func.count())
-            .where(c.status.in_((JobStatus.COMPLETED.value, JobStatus.FAILED.value)),
-                   c.updated_at >= since)
-            .group_by(minute, c.type, c.status))
-    if before is not None:
-        stmt = stmt.where(c.updated_at < before)
-    return Counter({(at, job_type, status): n for at, job_type, status, n in conn.execute(stmt)})
 
 
 recent_times = RecentTimes()

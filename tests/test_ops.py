@@ -152,9 +152,12 @@ def test_finishes_per_minute_are_counted_once_as_time_passes() -> None:
     assert read(t + timedelta(seconds=1)) == expected
     assert read(t + timedelta(seconds=2)) == expected
     assert read(t + timedelta(seconds=job_stats.SETTLE + 5)) == expected
-    # ... a finish after the last read is counted by the next
+    # ... a finish after the last read is counted by the next, and so is one whose
+    # commit came a few seconds after its stamp (it waited for a lock)
     _finished_at(EMAIL, "failed", t + timedelta(seconds=job_stats.SETTLE + 6))
+    _finished_at(REPORT, "completed", t + timedelta(seconds=job_stats.SETTLE + 2))
     expected["email_notification", "failed"] = 1
+    expected["generate_report", "completed"] = 1
     assert read(t + timedelta(seconds=job_stats.SETTLE + 7)) == expected
     # ... each in its minute
     with db.read() as conn:
@@ -163,7 +166,8 @@ def test_finishes_per_minute_are_counted_once_as_time_passes() -> None:
     assert counts[early, "email_notification", "completed"] == 3
     # ... and the minutes older than the hour drop out
     assert read(t + timedelta(minutes=59, seconds=30)) == {
-        ("email_notification", "completed"): 1, ("email_notification", "failed"): 1}
+        ("email_notification", "completed"): 1, ("email_notification", "failed"): 1,
+        ("generate_report", "completed"): 1}
     assert read(t + timedelta(minutes=62)) == {}
 
 
