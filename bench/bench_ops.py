@@ -207,6 +207,8 @@ def main() -> None:
         add_jobs(PENDING, FINISHED)
         from pa import ops
 
+        for _ in range(3):  # (the first reads the hour's finishes and the sample)
+            ops.overview()
         builds, cpu = [], []
         db_before = postgres_cpu()
         for _ in range(20):
@@ -218,8 +220,10 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
               f"database {args.db}; {PENDING:,} pending jobs, {PENDING + FINISHED:,} in the table")
         print(f"one overview, built in this process: median {statistics.median(builds):.1f} ms, "
-              f"max {max(builds):.1f} ms (20 builds); CPU {statistics.mean(cpu):.1f} ms here"
+              f"max {max(builds):.1f} ms (20 builds); CPU {statistics.median(cpu):.1f} ms here"
               + (f", {db_ms:.1f} ms in PostgreSQL" if pg else " (SQLite's work included)"))
+        if args.rounds == 0:
+            return
         port = free_port()
         env = dict(os.environ, PA_PORT=str(port))
         log = open(root / "web.log", "wb")

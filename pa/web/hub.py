@@ -53,7 +53,7 @@ CLOSE_GOING_AWAY = 1001
 #: seconds between overviews for admins while something changes, and at most between two
 OPS_INTERVAL, OPS_IDLE = 1.0, 5.0
 #: the share of the time that building overviews may take
-OPS_BUDGET = 0.05
+OPS_BUDGET = 0.02
 #: how uvicorn serves the sockets (run_web.py and the tests' server): websockets'
 #: sans-I/O protocol, which keeps no tasks of its own per socket, and no
 #: permessage-deflate. pa's messages are a few hundred bytes of JSON; compressing each
