@@ -24,8 +24,8 @@ from pa.queue import JobType
 from pa.web import hub
 from pa.worker import reap, start_embedded, stop_embedded
 from tests.factories import make_token, make_user
-from tests.test_metrics import samples
 from tests.services import wait_final, wait_for
+from tests.test_metrics import samples
 from tests.web_fixtures import LiveServer, app_client, live_server, next_message
 
 EMAIL, REPORT, BACKUP = JobType.EMAIL_NOTIFICATION, JobType.GENERATE_REPORT, JobType.DATABASE_BACKUP
