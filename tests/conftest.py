@@ -45,7 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from pa.schema import migrate
     from pa.settings import load_settings
 
-    runtime.configure(load_settings(env_file=None))
+    config = load_settings(env_file=None)
+    _state["settings"] = config
+    runtime.configure(config)
     migrate(db.engine())
 
 
@@ -84,9 +86,14 @@ def clean_state(redis_server: RedisServer, smtp_server: SmtpServer) -> Iterator[
     import redis
     from sqlalchemy import delete
 
-    from pa import db
+    from pa import db, runtime
     from pa.models import Base
+    from pa.settings import current
 
+    # A test that built an app or a consumer with settings of its own (a metrics
+    # token...) leaves them to this process: the next test gets the suite's again.
+    if current() != _state["settings"]:
+        runtime.configure(_state["settings"])
     with db.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(delete(table))
