@@ -95,6 +95,12 @@ def clean_state(redis_server: RedisServer, smtp_server: SmtpServer) -> Iterator[
     if current() != _state["settings"]:
         runtime.configure(_state["settings"])
     with db.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Every table is emptied: no foreign key needs checking. Checked, each
+            # deleted user costs a scan of every table that refers to users, and
+            # those scans cover every row the suite ever left dead there: a test
+            # that left 60,000 users made this take 70 s.
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(delete(table))
     client = redis.Redis.from_url(redis_server.url)
