@@ -259,6 +259,11 @@ def create_consumer(config: Settings, **options: Any) -> Consumer:
     return consumer_huey(config).create_consumer(**options)
 
 
+#: seconds an embedded consumer's thread waits on a Redis queue before it looks whether
+#: it should stop (Huey's default is 1 s): stopping the host process waits that long
+EMBEDDED_READ_TIMEOUT = 0.1
+
+
 class EmbeddedConsumer(Consumer):
     """A Huey consumer that leaves signals to its host process (uvicorn, pytest)."""
 
@@ -273,6 +278,8 @@ def start_embedded(workers: int = 2, config: Settings | None = None,
     options.setdefault("initial_delay", 0.05)
     options.setdefault("max_delay", 1.0)
     huey = consumer_huey(config)
+    if isinstance(huey.storage, queue.EventCarryingStorage):
+        huey.storage.read_timeout = EMBEDDED_READ_TIMEOUT
     consumer = EmbeddedConsumer(huey, workers=workers, worker_type="thread", **options)
     maintenance = Maintenance(workers=workers)
     maintenance.start()
