@@ -88,6 +88,11 @@ def _record_consumer(wid: str) -> None:
             started_at=_state.get("started_at", now), **seen))
 
 
+def beat_interval() -> float:
+    """Seconds between two beats of a consumer."""
+    return max(1.0, settings.worker_ttl / 3)
+
+
 def beat() -> None:
     """Refresh this consumer's key and stamp the rows of its running jobs."""
     current = _state.get("id")
@@ -118,7 +123,7 @@ def beat() -> None:
 
 
 def _beat_forever(stop: threading.Event) -> None:
-    while not stop.wait(max(1.0, settings.worker_ttl / 3)):
+    while not stop.wait(beat_interval()):
         beat()
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select
 
 from pa import db, events, heartbeat, jobs, queue, retention, runner, runtime
 from pa.events import key
-from pa.models import Job, JobStatus
+from pa.models import FINAL_STATUSES, Job, JobStatus
 from pa.queue import PaHuey, missing_from_queue
 from pa.settings import Settings, settings
 from pa.tasks import backup as backup_task
@@ -132,11 +132,12 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
     """
     interval = settings.reaper_interval
     grace = interval if pending_grace is None else pending_grace
-    counts = {"requeued": 0, "failed": 0, "reenqueued": 0}
+    counts = {"requeued": 0, "failed": 0, "reenqueued": 0, "republished": 0}
     if lock and not _acquire_lock(REAPER_LOCK, max(1, interval - 1)):
         return counts
     now = db.utcnow()
     forget_silent_consumers(now)
+    counts["republished"] = republish_lost_ends(now)
     # A consumer is lost when its key has expired and its rows' stamps are older
     # than the key's TTL (a Redis that restarted empty forgot the keys of live
     # consumers, whose stamps are fresh), or when its stamps stopped long ago.
@@ -184,6 +185,53 @@ def reap(*, pending_grace: float | None = None, lock: bool = True) -> dict[str, 
                 counts["reenqueued"] += 1
                 log.warning("job %s was pending but not queued; enqueued again", job_id)
     return counts
+
+
+#: present once the ends around a silent consumer's last beat were published again
+LOST_ENDS_KEY = "lost-ends"
+#: seconds around the window in which a silent consumer died, for clocks and commits
+LOST_ENDS_MARGIN = 1.0
+
+
+def republish_lost_ends(now: datetime) -> int:
+    """Publish again the end of every job that ended around a silent consumer's death.
+
+    A worker thread holds the event of a job's end until its next read of the queue
+    (pa.events.hold, some milliseconds): a consumer killed meanwhile took the event
+    with it, and a page would show the job running until it is loaded again. The
+    consumer died between its last beat and the next one was due; a job's row no
+    longer says who ended it, so every job that ended then is published again, once
+    per consumer. Clients keep a job's highest version: a repeat changes nothing.
+    """
+    if not settings.redis_url:  # (embedded: the consumer dies with the web process)
+        return 0
+    table, jobs_table = heartbeat.consumers_table, Job.__table__
+    with db.read() as conn:
+        silent = conn.execute(select(table.c.id, table.c.last_seen_at).where(
+            table.c.last_seen_at < now - timedelta(seconds=settings.worker_ttl),
+            table.c.last_seen_at >= now - FORGET_SILENT)).all()
+    if not silent:
+        return 0
+    alive = heartbeat.alive({c.id for c in silent})
+    margin = timedelta(seconds=LOST_ENDS_MARGIN)
+    beat = timedelta(seconds=heartbeat.beat_interval())
+    count = 0
+    for consumer in silent:
+        if consumer.id in alive or not _acquire_lock(
+                key(LOST_ENDS_KEY, consumer.id), int(FORGET_SILENT.total_seconds())):
+            continue
+        with db.read() as conn:
+            ended = conn.execute(select(*jobs_table.c).where(
+                jobs_table.c.status.in_([s.value for s in FINAL_STATUSES]),
+                jobs_table.c.updated_at.between(consumer.last_seen_at - margin,
+                                                consumer.last_seen_at + beat + margin),
+            )).mappings().all()
+        if ended:
+            events.publish(*(events.job_event(jobs.job_to_dict(r)) for r in ended))
+            count += len(ended)
+            log.warning("consumer %s went silent: the ends of %d jobs around its last beat "
+                        "published again", consumer.id, len(ended))
+    return count
 
 
 def forget_silent_consumers(now: datetime) -> None:

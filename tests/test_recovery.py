@@ -3,6 +3,7 @@ restarted, and a Redis that loses its queue; the Job rows must bring every job h
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -16,10 +17,10 @@ from pa import heartbeat, jobs, queue
 from pa.jobs import claim
 from pa.models import ReviewStatus, Role, User
 from pa.queue import JobType
-from pa.worker import requeue_interrupted
+from pa.worker import reap, requeue_interrupted
 from tests.factories import make_review, make_user
 from tests.processes import ConsumerProcess
-from tests.services import SmtpServer, wait_for
+from tests.services import SmtpServer, subscribed, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FINAL = {"completed", "failed", "cancelled"}
@@ -122,6 +123,31 @@ def test_killed_consumer_job_is_resumed_by_the_next(start_consumer, smtp_server)
     assert done["attempts"] == 2 and done["error"] is None
     assert done["result"] == {"sent": 4}
     assert mail_counts(smtp_server, hrs) == {hr.email: 1 for hr in hrs}
+
+
+def test_the_end_of_a_job_a_killed_consumer_just_ran_is_published_again(
+        start_consumer, smtp_server, redis_server):
+    # Given: a consumer that ran a job to its end, and a subscriber to the events
+    manager, review_id, _ = make_hr_scene(2)
+    heard: list[dict[str, Any]] = []
+    with subscribed(redis_server.url, lambda m: heard.append(json.loads(m)["data"])):
+        consumer = start_consumer()
+        job = submit(manager, review_id)
+        ends = lambda: [j for j in heard if j["id"] == job["id"] and j["status"] in FINAL]  # noqa: E731
+        # When: the consumer is killed as soon as the job's end is heard, as if that
+        # event (held until its thread's next read of the queue) had gone with it
+        wait_for(ends, timeout=RECOVERY_WAIT, interval=0.005, message="the job's end")
+        kill(consumer)
+        done = wait_final(job["id"])
+        # Then: once the consumer is found silent, the reaper publishes that end again,
+        # the same version; and only once
+        counts = wait_for(lambda: (c := reap(lock=False))["republished"] and c,
+                          timeout=RECOVERY_WAIT, message="the end published again")
+        wait_for(lambda: len(ends()) >= 2, timeout=10, message="the repeat")
+        assert reap(lock=False)["republished"] == 0
+    assert counts["republished"] >= 1
+    assert [(j["status"], j["version"]) for j in ends()] == \
+        [(done["status"], done["version"])] * 2
 
 
 def test_killed_consumer_job_without_retries_fails(start_consumer, smtp_server):
