@@ -273,9 +273,7 @@ class Chaos:
         with db.read() as conn:
             rows = conn.execute(select(Job.id, Job.worker_id)
                                 .where(Job.status == "processing")).all()
-        # A consumer's id is "host:pid:random" (pa.heartbeat).
-        return {r.id for r in rows
-                if r.worker_id and r.worker_id.split(":")[-2] == str(consumer.pid)}
+        return {r.id for r in rows if consumer.runs(r.worker_id)}
 
     def redis_down(self) -> None:
         self.redis.stop()

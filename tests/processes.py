@@ -43,6 +43,11 @@ class ConsumerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def runs(self, worker_id: str | None) -> bool:
+        """Whether a job row's `worker_id` names this process ("host:pid:random",
+        pa.heartbeat)."""
+        return worker_id is not None and worker_id.split(":")[-2] == str(self.pid)
+
     def send(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 

@@ -216,11 +216,6 @@ def test_the_backup_runs_once_per_slot_however_many_consumers_trigger_it(
 # -- a consumer killed under load ---------------------------------------------------------
 
 
-def _owned_by(worker_id: str | None, consumer: ConsumerProcess) -> bool:
-    # A consumer's id is "host:pid:random" (pa.heartbeat).
-    return worker_id is not None and worker_id.split(":")[-2] == str(consumer.pid)
-
-
 def _submit_reviews(web: WebProcess, manager: User, reviews: list[Review]) -> list[str]:
     with _session(web, manager) as http:
         ids = []
@@ -264,7 +259,7 @@ def test_a_consumer_killed_mid_drain_loses_no_job_and_sends_no_mail_twice(
             lambda: len(_job_rows(Job.type == JobType.EMAIL_NOTIFICATION.value,
                                   Job.status == "completed")) >= LOAD_REVIEWS // 4
             and [r["id"] for r in _job_rows(Job.status == "processing")
-                 if _owned_by(r["worker_id"], victim)],
+                 if victim.runs(r["worker_id"])],
             timeout=60, interval=0.005, message="the victim to run a job mid-drain")
         victim.send(signal.SIGKILL)
         assert victim.wait_exit() == -signal.SIGKILL
@@ -272,7 +267,7 @@ def test_a_consumer_killed_mid_drain_loses_no_job_and_sends_no_mail_twice(
         import_ids = submitted[2].result()
     # the jobs the victim held when it died: nothing but the rows knows of them now
     stranded = {r["id"] for r in _job_rows(Job.status == "processing")
-                if _owned_by(r["worker_id"], victim)}
+                if victim.runs(r["worker_id"])}
     assert stranded, running
     # Then: every job completes, each exactly once more for those the victim held
     ids = email_ids + import_ids

@@ -93,11 +93,6 @@ def mail_counts(smtp: SmtpServer, users: list[User]) -> dict[str, int]:
     return {u.email: len(smtp.handler.to(u.email)) for u in users}
 
 
-def owned_by(worker_id: str, proc: ConsumerProcess) -> bool:
-    # A consumer's id is "host:pid:random" (pa.heartbeat).
-    return worker_id.split(":")[-2] == str(proc.pid)
-
-
 def kill(proc: ConsumerProcess) -> None:
     proc.send(signal.SIGKILL)
     assert proc.wait_exit() == -signal.SIGKILL
@@ -271,7 +266,7 @@ def test_two_consumers_recover_a_job_exactly_once(start_consumer, smtp_server):
     job = submit(manager, review_id)
     wait_mid_job(job["id"])
     worker = row(job["id"])["worker_id"]
-    [runner] = [c for c in consumers if owned_by(worker, c)]
+    [runner] = [c for c in consumers if c.runs(worker)]
     [survivor] = [c for c in consumers if c is not runner]
     # When: the one running it dies
     kill(runner)
@@ -279,7 +274,7 @@ def test_two_consumers_recover_a_job_exactly_once(start_consumer, smtp_server):
     done = wait_final(job["id"])
     assert done["status"] == "completed", done
     assert done["attempts"] == 2
-    assert not owned_by(worker, survivor)
+    assert not survivor.runs(worker)
     assert mail_counts(smtp_server, hrs) == {hr.email: 1 for hr in hrs}
     assert survivor.proc.poll() is None
 

@@ -26,7 +26,7 @@ from pa.settings import load_settings
 from tests.factories import make_review, make_user
 from tests.processes import ConsumerProcess, WebProcess, default_env
 from tests.services import RedisServer, SmtpServer, TcpProxy, wait_for
-from tests.test_recovery import kill, make_hr_scene, owned_by, row, submit, wait_mid_job
+from tests.test_recovery import kill, make_hr_scene, row, submit, wait_mid_job
 
 #: DESIGN.md: "within 30 s"
 CONTRACT = 30.0
@@ -77,7 +77,7 @@ def test_a_killed_consumers_job_runs_again_within_30_s(processes, smtp_server):
     consumers = [processes["consumer"](default_env()) for _ in range(2)]
     job = submit(manager, review_id)
     wait_mid_job(job["id"])
-    [runner] = [c for c in consumers if owned_by(row(job["id"])["worker_id"], c)]
+    [runner] = [c for c in consumers if c.runs(row(job["id"])["worker_id"])]
     [survivor] = [c for c in consumers if c is not runner]
     # When: the one running it is killed
     killed = time.monotonic()
