@@ -96,6 +96,10 @@ class RedisServer:
         self.start()
 
 
+#: an answer for SmtpHandler.data_answers: close the connection, keeping nothing
+HANG_UP = "hang up"
+
+
 @dataclass
 class SmtpHandler:
     """aiosmtpd handler: keeps received messages; scripted refusals for failure tests."""
@@ -131,6 +135,8 @@ class SmtpHandler:
         with self.lock:
             if self.data_answers:
                 answer = self.data_answers.pop(0)
+                if answer == HANG_UP:  # (a server going away before it takes the message)
+                    server.transport.close()
             else:
                 msg = message_from_bytes(envelope.content, policy=policy.default)
                 self.messages.append(msg)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from pa.errors import Conflict, NotFound
 from pa.models import ReviewStatus, Role, User
 from pa.queue import JobType
 from tests.factories import make_review, make_user
-from tests.services import RedisServer, SmtpServer, subscribed, wait_for
+from tests.services import HANG_UP, RedisServer, SmtpServer, subscribed, wait_for
 
 FINAL = {"completed", "failed", "cancelled"}
 #: the first automatic retry of an email job waits 5 s, plus up to 1 s of scheduler tick
@@ -179,6 +179,21 @@ def test_success_bumps_the_version_once_per_change(consumer, smtp_server, events
 
 
 # -- retries ------------------------------------------------------------------------
+
+
+def test_a_connection_lost_at_the_final_dot_sends_that_mail_again(consumer, smtp_server, events):
+    # Given: a mail server that goes away at the first message's final dot, without
+    # an answer and without keeping it (the message's "sent" mark is committed by then)
+    scene = make_scene(hr_count=2)
+    smtp_server.handler.data_answers.append(HANG_UP)
+    # When
+    job = scene.submit()
+    # Then: the attempt fails, and the retry sends that message too: each HR admin
+    # gets one mail
+    done = wait_final(job["id"], timeout=RETRY_WAIT)
+    assert done["status"] == "completed" and done["attempts"] == 2, done
+    assert done["result"] == {"sent": 2}
+    assert mails_to(smtp_server, scene.hrs) == {hr.email: 1 for hr in scene.hrs}
 
 
 def test_temporary_smtp_error_retries_then_succeeds(consumer, smtp_server, events):

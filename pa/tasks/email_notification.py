@@ -123,8 +123,10 @@ def _send_one(ctx: JobContext, sender: mail.Sender, msg: EmailMessage, email: st
     try:
         sender.send(msg, record)
     except smtplib.SMTPException as exc:
-        if email in sent and isinstance(exc, smtplib.SMTPResponseException):
-            # Refused at the final dot, after the mark: it was not delivered.
+        if email in sent:
+            # Refused at the final dot, after the mark, or no answer to it (the
+            # connection lost): the server did not take it (RFC 5321 counts a message
+            # delivered by its 250 answer), so the next attempt sends it again.
             sent.remove(email)
             ctx.save_checkpoint({"sent": list(sent)})
         reason = _is_permanent(exc)
